@@ -1,0 +1,222 @@
+"""Audio in: decode -> mono -> resample -> (normalise) -> fixed windows, and windows back to files.
+
+Every consumer (training data, validation, lumen-test, the server) goes through these functions, so a
+file is cut into the same windows and aggregated the same way everywhere: validation metrics and
+served answers agree by construction.
+
+Padding rule for the last, partial window: the valid samples are *repeated* (tiled) to fill the
+window (``PAD_MODE = "repeat"``). Models are trained on full windows of real audio; a window that is
+mostly digital silence is out of distribution, while a tiled excerpt is not. ``pad="zeros"`` is
+available for callers that want the other behaviour. Each window reports its valid length so that
+mean aggregation weighs a padded window by how much real audio it holds.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
+PAD_MODE: Literal["repeat", "zeros"] = "repeat"
+RESAMPLE_QUALITY = "HQ"
+
+AudioSource = str | os.PathLike[str] | bytes
+
+
+class AudioError(ValueError):
+    """A file that cannot be turned into audio; ``str()`` is ``"<name>: <reason>"``."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def is_audio_path(path: str | os.PathLike[str]) -> bool:
+    """True for the extensions we decode, matched case-insensitively (``.WAV`` counts)."""
+    return Path(path).suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def _source_name(source: AudioSource, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, bytes):
+        return "<bytes>"
+    return os.fspath(source)
+
+
+def decode(
+    source: AudioSource, *, name: str | None = None, max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode to float32 ``[frames, channels]`` and the file's own sample rate.
+
+    Raises :class:`AudioError` for missing, empty, non-audio, corrupt, silent-length (0 frames) or
+    too-long input. ``max_seconds`` is checked from the header before any sample is decoded.
+    """
+    label = _source_name(source, name)
+    if isinstance(source, bytes):
+        if not source:
+            raise AudioError(label, "empty file (0 bytes)")
+        handle: io.BytesIO | str = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise AudioError(label, "file not found")
+        if not is_audio_path(path):
+            raise AudioError(
+                label, f"unsupported extension {path.suffix!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}"
+            )
+        if path.stat().st_size == 0:
+            raise AudioError(label, "empty file (0 bytes)")
+        handle = os.fspath(path)
+    try:
+        with sf.SoundFile(handle) as f:
+            sr = int(f.samplerate)
+            if max_seconds is not None and f.frames > 0 and f.frames > max_seconds * sr:
+                raise AudioError(
+                    label, f"audio is {f.frames / sr:.1f} s long; the limit is {max_seconds:g} s"
+                )
+            data = f.read(dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(exc).strip() or type(exc).__name__
+        if "format not recognised" in reason.lower() or "unknown format" in reason.lower():
+            reason = f"not a recognised audio file (supported: {', '.join(SUPPORTED_EXTENSIONS)})"
+        else:
+            reason = f"corrupt or truncated audio ({reason})"
+        raise AudioError(label, reason) from None
+    if data.shape[0] == 0:
+        raise AudioError(label, "no audio samples (0 frames; truncated or empty stream)")
+    if max_seconds is not None and data.shape[0] > max_seconds * sr:
+        raise AudioError(label, f"audio is {data.shape[0] / sr:.1f} s long; the limit is {max_seconds:g} s")
+    if not np.isfinite(data).all():
+        raise AudioError(label, "audio contains NaN or infinite samples")
+    return data, sr
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """Average the channels of ``[frames, channels]`` (or pass a 1-D array through)."""
+    if data.ndim == 1:
+        return data.astype(np.float32, copy=False)
+    if data.shape[1] == 1:
+        return np.ascontiguousarray(data[:, 0], dtype=np.float32)
+    return data.mean(axis=1, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """soxr resampling of a mono signal; a no-op when the rates match."""
+    if orig_sr == target_sr:
+        return audio.astype(np.float32, copy=False)
+    return soxr.resample(audio, orig_sr, target_sr, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+
+
+def peak_normalize(audio: np.ndarray, peak: float = 0.99) -> np.ndarray:
+    """Scale so that max |x| == ``peak``; silent input is returned unchanged."""
+    top = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if top <= 1e-9:
+        return audio
+    return (audio * (peak / top)).astype(np.float32, copy=False)
+
+
+def load_audio(
+    source: AudioSource,
+    sample_rate: int,
+    *,
+    name: str | None = None,
+    normalize: bool = False,
+    max_seconds: float | None = None,
+) -> np.ndarray:
+    """Decode any supported file (path or bytes) to mono float32 at ``sample_rate``."""
+    data, sr = decode(source, name=name, max_seconds=max_seconds)
+    audio = resample(to_mono(data), sr, sample_rate)
+    return peak_normalize(audio) if normalize else audio
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Fixed-length windows cut from one file.
+
+    ``audio``: float32 ``[n, window_samples]``; ``valid``: real samples in each window (the rest is
+    padding); ``starts``: sample offset of each window in the file.
+    """
+
+    audio: np.ndarray
+    valid: np.ndarray
+    starts: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.audio.shape[0])
+
+    @property
+    def padded(self) -> np.ndarray:
+        """Boolean mask of windows that hold padding."""
+        return self.valid < self.audio.shape[1]
+
+
+def window_count(n_samples: int, window_samples: int, hop_samples: int) -> int:
+    """How many windows :func:`split_windows` makes for ``n_samples`` (>= 1 for non-empty input)."""
+    if n_samples <= 0:
+        return 0
+    if n_samples <= window_samples:
+        return 1
+    return 1 + -(-(n_samples - window_samples) // hop_samples)
+
+
+def split_windows(
+    audio: np.ndarray,
+    window_samples: int,
+    hop_samples: int,
+    *,
+    pad: Literal["repeat", "zeros"] = PAD_MODE,
+) -> Windows:
+    """Cut a mono signal into windows of ``window_samples`` every ``hop_samples``.
+
+    The windows cover every sample; only the last may be partial, and it is padded by ``pad``.
+    """
+    if window_samples <= 0 or hop_samples <= 0:
+        raise ValueError(f"window ({window_samples}) and hop ({hop_samples}) must be positive")
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono 1-D audio, got shape {audio.shape}")
+    n = window_count(audio.shape[0], window_samples, hop_samples)
+    if n == 0:
+        raise ValueError("cannot window empty audio")
+    starts = np.arange(n, dtype=np.int64) * hop_samples
+    valid = np.minimum(window_samples, audio.shape[0] - starts).astype(np.int64)
+    out = np.zeros((n, window_samples), dtype=np.float32)
+    for i, (start, length) in enumerate(zip(starts, valid, strict=True)):
+        out[i, :length] = audio[start : start + length]
+        if length < window_samples and pad == "repeat":
+            reps = -(-window_samples // length)
+            out[i] = np.tile(out[i, :length], reps)[:window_samples]
+    return Windows(audio=out, valid=valid, starts=starts)
+
+
+def aggregate(
+    window_probs: np.ndarray,
+    method: Literal["mean", "max"] = "mean",
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """Window probabilities ``[n, labels]`` -> file probabilities ``[labels]``.
+
+    ``mean`` weighs each window by its valid sample count when ``valid`` is given, so a mostly padded
+    tail window counts for what it holds; ``max`` takes the most confident window.
+    """
+    probs = np.asarray(window_probs, dtype=np.float32)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"expected [n_windows >= 1, n_labels] probabilities, got shape {probs.shape}")
+    if method == "max":
+        return probs.max(axis=0)
+    if method != "mean":
+        raise ValueError(f"unknown aggregation {method!r}; use 'mean' or 'max'")
+    if valid is None:
+        return probs.mean(axis=0)
+    weights = np.asarray(valid, dtype=np.float64)
+    return (weights[:, None] * probs).sum(axis=0).astype(np.float32) / np.float32(weights.sum())
