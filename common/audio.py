@@ -87,12 +87,7 @@ def decode(
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = str(exc).strip() or type(exc).__name__
-        if "format not recognised" in reason.lower() or "unknown format" in reason.lower():
-            reason = f"not a recognised audio file (supported: {', '.join(SUPPORTED_EXTENSIONS)})"
-        else:
-            reason = f"corrupt or truncated audio ({reason})"
-        raise AudioError(label, reason) from None
+        raise AudioError(label, _failure_reason(exc, handle)) from None
     if data.shape[0] == 0:
         raise AudioError(label, "no audio samples (0 frames; truncated or empty stream)")
     if max_seconds is not None and data.shape[0] > max_seconds * sr:
@@ -100,6 +95,19 @@ def decode(
     if not np.isfinite(data).all():
         raise AudioError(label, "audio contains NaN or infinite samples")
     return data, sr
+
+
+def _failure_reason(exc: Exception, handle: object) -> str:
+    """libsndfile's complaint, reworded for a user who only knows the file they sent."""
+    reason = str(exc).strip() or type(exc).__name__
+    reason = reason.removeprefix(f"Error opening {handle!r}: ")  # soundfile repeats the name we add
+    lowered = reason.lower()
+    if "format not recognised" in lowered or "unknown format" in lowered:
+        return f"not a recognised audio file (supported: {', '.join(SUPPORTED_EXTENSIONS)})"
+    if "does not exist or is not a regular file" in lowered:
+        # libsndfile's MPEG reader says this about an existing file whose stream it cannot parse.
+        return "corrupt or truncated audio (no decodable stream found)"
+    return f"corrupt or truncated audio ({reason})"
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
@@ -137,6 +145,11 @@ def load_audio(
     """Decode any supported file (path or bytes) to mono float32 at ``sample_rate``."""
     data, sr = decode(source, name=name, max_seconds=max_seconds)
     audio = resample(to_mono(data), sr, sample_rate)
+    if audio.size == 0:  # e.g. one frame at 44.1 kHz resamples to nothing at 16 kHz
+        raise AudioError(
+            _source_name(source, name),
+            f"too short: {data.shape[0]} frame(s) at {sr} Hz is no audio at {sample_rate} Hz",
+        )
     return peak_normalize(audio) if normalize else audio
 
 
