@@ -1,0 +1,250 @@
+"""lumen-data: make synthetic labelled audio (synth) and look inside datasets (inspect).
+
+Torch-free on purpose: it runs in an environment with only the ``synth`` extra installed.
+Exit codes: 0 success; 1 ``inspect`` found files that failed to parse or decode; 2 bad usage or
+input (one-line message, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+from rich.console import Console
+from rich.table import Table
+
+from common.audio import AudioError, decode
+from common.datasets import DatasetError, DatasetIssue, Item, describe_spec_types, parse_spec, scan_dataset
+from common.labels import LABELS, NAMES
+from training.synth.layouts import CARDINALITY_WEIGHTS, LAYOUTS
+from training.synth.pipeline import synthesize
+from training.synth.render import SOUNDFONT_CANDIDATES, SOUNDFONT_ENV, SynthError
+
+MAX_PRINTED_ERRORS = 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lumen-data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    mean = sum(k * w for k, w in CARDINALITY_WEIGHTS.items())
+    synth = sub.add_parser(
+        "synth",
+        help="render labelled General-MIDI audio with FluidSynth",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Render a labelled dataset of synthetic music.\n"
+            "  irmastrain: OUT/<code>/[<code>][dru|nod][<genre>]NNNN__k.wav, 3 s clips, one instrument,\n"
+            "              --per-class clips per instrument\n"
+            "  irmastest:  OUT/synth_NNNN.wav + .txt label file, 1-4 instruments per excerpt\n"
+            "  csv:        OUT/audio/synth_NNNN.wav + OUT/labels.csv (file + 0/1 column per code)\n"
+            f"For irmastest/csv every instrument is labelled in exactly --per-class files, in about\n"
+            f"11 * per-class / {mean:.2f} files (mean instruments per file). The same arguments give the\n"
+            f"same bytes whatever --jobs. Soundfont default: ${SOUNDFONT_ENV}, else the first of\n"
+            f"{', '.join(str(p) for p in SOUNDFONT_CANDIDATES)}."
+        ),
+    )
+    synth.add_argument("--out", required=True, type=Path, help="output folder (new or empty)")
+    synth.add_argument("--layout", required=True, choices=LAYOUTS)
+    synth.add_argument("--per-class", required=True, type=int, help="files in which each instrument appears")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--soundfont",
+        action="append",
+        help="a .sf2 General-MIDI soundfont; repeat to draw one at random per track",
+    )
+    synth.add_argument("--sample-rate", type=int, default=44100, help="Hz (IRMAS: 44100)")
+    synth.add_argument("--min-seconds", type=float, default=5.0, help="irmastest/csv excerpt length, minimum")
+    synth.add_argument(
+        "--max-seconds", type=float, default=20.0, help="irmastest/csv excerpt length, maximum"
+    )
+    synth.add_argument(
+        "--drums-prob",
+        type=float,
+        default=0.4,
+        help="chance of an (unlabelled) drum track; classical-genre tracks never get one",
+    )
+    synth.add_argument("--jobs", type=int, default=1, help="worker processes (output does not depend on it)")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="count items, labels and seconds of datasets; list broken files",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Dataset specs are TYPE:PATH with TYPE one of:\n" + describe_spec_types(),
+    )
+    inspect.add_argument("specs", nargs="+", metavar="SPEC")
+    inspect.add_argument("--json", action="store_true", help="print items, errors and summary as JSON")
+    inspect.add_argument(
+        "--decode", action="store_true", help="decode every file fully (slower; headers are read either way)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "synth":
+            return _synth(args)
+        return _inspect(args)
+    except (SynthError, DatasetError) as exc:
+        print(f"lumen-data {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _synth(args: argparse.Namespace) -> int:
+    report = synthesize(
+        args.out,
+        args.layout,
+        args.per_class,
+        args.seed,
+        sample_rate=args.sample_rate,
+        soundfonts=args.soundfont,
+        min_seconds=args.min_seconds,
+        max_seconds=args.max_seconds,
+        drums_prob=args.drums_prob,
+        jobs=args.jobs,
+        progress=not args.no_progress,
+    )
+    print(
+        f"wrote {report.files} files, {report.audio_seconds / 60:.1f} min of audio in "
+        f"{report.wall_seconds:.1f} s ({report.x_realtime:.0f}x real time); read it with {report.spec}"
+    )
+    return 0
+
+
+@dataclass
+class DatasetSummary:
+    """What ``inspect`` reports for one spec."""
+
+    spec: str
+    items: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    per_instrument: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
+    cardinality: Counter[int] = field(default_factory=Counter)
+    drums: Counter[str] = field(default_factory=Counter)
+    genres: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "spec": self.spec,
+            "items": self.items,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+            "per_instrument": self.per_instrument,
+            "cardinality": {str(k): v for k, v in sorted(self.cardinality.items())},
+        }
+        if self.drums:
+            out["drums"] = dict(sorted(self.drums.items()))
+        if self.genres:
+            out["genres"] = dict(sorted(self.genres.items()))
+        return out
+
+
+def _audio_problem(path: Path, full_decode: bool) -> tuple[float, str | None]:
+    """Duration in seconds from the header (or a full decode), or the reason it cannot be read."""
+    try:
+        if full_decode:
+            data, sr = decode(path)
+            return data.shape[0] / sr, None
+        info = sf.info(str(path))
+    except AudioError as exc:
+        return 0.0, exc.reason
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        return 0.0, f"cannot read audio header ({str(exc).strip() or type(exc).__name__})"
+    if info.frames <= 0 or info.samplerate <= 0:
+        return 0.0, "no audio samples (0 frames)"
+    return info.frames / info.samplerate, None
+
+
+def _inspect_one(text: str, full_decode: bool) -> tuple[DatasetSummary, list[Item], list[DatasetIssue]]:
+    spec = parse_spec(text)
+    items, issues = scan_dataset(spec)
+    summary = DatasetSummary(str(spec))
+    good: list[Item] = []
+    for item in items:
+        seconds, problem = _audio_problem(item.path, full_decode)
+        if problem is not None:
+            issues.append(DatasetIssue(str(item.path), problem))
+            continue
+        good.append(item)
+        summary.seconds += seconds
+        codes = item.codes
+        if codes is not None:
+            summary.cardinality[len(codes)] += 1
+            for code in codes:
+                summary.per_instrument[code] += 1
+        if item.drums is not None:
+            summary.drums["dru" if item.drums else "nod"] += 1
+        if item.genre is not None:
+            summary.genres[item.genre] += 1
+    summary.items = len(good)
+    summary.errors = len(issues)
+    return summary, good, sorted(issues, key=lambda i: (i.path, i.error))
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    results = [_inspect_one(text, args.decode) for text in args.specs]
+    errors = [issue for _, _, issues in results for issue in issues]
+    if args.json:
+        payload = {
+            "items": [
+                {
+                    "path": str(item.path),
+                    "labels": list(item.codes) if item.codes is not None else None,
+                    "drums": item.drums,
+                    "genre": item.genre,
+                }
+                for _, items, _ in results
+                for item in items
+            ],
+            "errors": [{"path": issue.path, "error": issue.error} for issue in errors],
+            "summary": {
+                "items": sum(s.items for s, _, _ in results),
+                "errors": len(errors),
+                "seconds": round(sum(s.seconds for s, _, _ in results), 3),
+                "datasets": [s.to_dict() for s, _, _ in results],
+            },
+        }
+        print(json.dumps(payload, indent=2))
+    else:
+        console = Console(soft_wrap=True)
+        for summary, _, issues in results:
+            _print_summary(console, summary, issues)
+    return 1 if errors else 0
+
+
+def _print_summary(console: Console, summary: DatasetSummary, issues: list[DatasetIssue]) -> None:
+    console.print(
+        f"[bold]{summary.spec}[/bold]: {summary.items} items, {summary.seconds / 60:.1f} min "
+        f"({summary.seconds:.0f} s), {summary.errors} error(s)"
+    )
+    if summary.cardinality:
+        table = Table("code", "instrument", "items", title="items per instrument", title_justify="left")
+        for code in LABELS:
+            table.add_row(code, NAMES[code], str(summary.per_instrument[code]))
+        console.print(table)
+        hist = ", ".join(f"{k}: {v}" for k, v in sorted(summary.cardinality.items()))
+        console.print(f"instruments per item: {hist}")
+    if summary.drums:
+        console.print("drums: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.drums.items())))
+    if summary.genres:
+        console.print("genres: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.genres.items())))
+    if issues:
+        # One unwrapped line per file, so paths can be copied and grepped.
+        console.print("[bold red]failed to parse or decode:[/bold red]")
+        for issue in issues[:MAX_PRINTED_ERRORS]:
+            console.print(f"  {issue}", markup=False, highlight=False)
+        if len(issues) > MAX_PRINTED_ERRORS:
+            console.print(f"... and {len(issues) - MAX_PRINTED_ERRORS} more (--json lists all)")
+    console.print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
