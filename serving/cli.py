@@ -1,0 +1,154 @@
+"""``lumen-serve``: parse flags into :class:`~serving.settings.Settings` and run the app with uvicorn.
+
+Shutdown is graceful: on SIGINT/SIGTERM uvicorn stops accepting connections and waits (up to
+``--shutdown-grace`` seconds) for open requests; the app's lifespan then drains every batcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from serving.app import create_app
+from serving.settings import Settings, default_decode_workers
+
+PROG = "lumen-serve"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve lumen-audio ONNX artifacts over HTTP with dynamic batching (Swagger UI at /docs).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model-dir", type=Path, required=True, help="folder searched recursively for .onnx artifacts"
+    )
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="load and warm this model id at start (repeatable); default: every artifact",
+    )
+    p.add_argument("--lazy", action="store_true", help="load nothing at start; each model loads on first use")
+    p.add_argument("--host", default="localhost")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (falls back to CPU with a warning)")
+    p.add_argument(
+        "--max-batch-size",
+        "--batch-size",
+        dest="max_batch_size",
+        type=int,
+        default=32,
+        help="windows per inference batch, at most",
+    )
+    p.add_argument(
+        "--max-batch-delay-ms", type=float, default=5.0, help="longest a window waits for a batch to fill"
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=1024,
+        help="queued windows per model before new requests get 503 + Retry-After",
+    )
+    p.add_argument("--intra-op-threads", type=int, default=None, help="ONNX Runtime threads per session")
+    p.add_argument(
+        "--data-root",
+        dest="data_roots",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="DIR",
+        help="folders the directory endpoints may read (default: data)",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger request bodies get 413")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longer files get a per-file error")
+    p.add_argument(
+        "--add-instrument-metrics",
+        action="store_true",
+        help="test-directory always reports per-instrument metrics",
+    )
+    p.add_argument(
+        "--hot-reload", action="store_true", help="pick up new or replaced artifacts while serving"
+    )
+    p.add_argument(
+        "--reload-interval",
+        dest="reload_interval_s",
+        type=float,
+        default=2.0,
+        help="seconds between hot-reload scans",
+    )
+    p.add_argument(
+        "--num-workers",
+        "--decode-workers",
+        dest="decode_workers",
+        type=int,
+        default=default_decode_workers(),
+        help="threads that decode and resample audio",
+    )
+    p.add_argument(
+        "--directory-chunk-files", type=int, default=32, help="files in flight at a time per directory job"
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        dest="shutdown_grace_s",
+        type=float,
+        default=30.0,
+        help="seconds to let open requests finish on shutdown",
+    )
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    values = vars(args).copy()
+    values["models"] = tuple(values["models"])
+    values["data_roots"] = tuple(values["data_roots"] or (Path("data"),))
+    return Settings(**values).validate()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.model_dir.is_dir():
+        print(f"{PROG}: error: --model-dir {settings.model_dir} is not a folder", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for root in settings.data_roots:
+        if not root.is_dir():
+            logging.getLogger(PROG).warning(
+                "--data-root %s does not exist; paths below it will be reported as not found", root
+            )
+
+    app = create_app(settings)
+    print(
+        f"{PROG}: serving {settings.model_dir} on http://{settings.host}:{settings.port} "
+        f"(Swagger UI: http://{settings.host}:{settings.port}/docs)",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

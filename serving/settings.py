@@ -1,0 +1,89 @@
+"""Server settings as one typed, validated object: what ``lumen-serve`` parses and ``create_app`` takes.
+
+Keeping argv parsing out of the app (see :mod:`serving.cli`) lets tests build an app from a
+``Settings`` directly, and keeps every knob visible in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.runtime import parse_device
+
+MIB = 1024 * 1024
+
+
+def default_decode_workers() -> int:
+    """Decode/resample threads: soxr and libsndfile release the GIL, so one per core pays off."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    model_dir: Path
+    models: tuple[str, ...] = ()
+    """Model ids loaded (and warmed) at start; empty means every artifact under ``model_dir``."""
+    lazy: bool = False
+    """Load nothing at start; every model loads on its first request."""
+    host: str = "localhost"
+    port: int = 8090
+    device: str = "cpu"
+    max_batch_size: int = 32
+    max_batch_delay_ms: float = 5.0
+    max_queue: int = 1024
+    """Windows waiting for a batch, over all requests of one model; beyond it requests get 503."""
+    intra_op_threads: int | None = None
+    data_roots: tuple[Path, ...] = (Path("data"),)
+    max_upload_mb: float = 50.0
+    max_audio_seconds: float = 600.0
+    add_instrument_metrics: bool = False
+    hot_reload: bool = False
+    reload_interval_s: float = 2.0
+    decode_workers: int = field(default_factory=default_decode_workers)
+    directory_chunk_files: int = 32
+    """Files decoded and predicted at a time by directory jobs (bounds their memory)."""
+    shutdown_grace_s: float = 30.0
+    log_level: str = "info"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MIB)
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0
+
+    def validate(self) -> Settings:
+        """Raise ValueError naming the first bad setting (as its command-line flag) and the fix."""
+        parse_device(self.device)
+        checks: list[tuple[bool, str]] = [
+            (self.max_batch_size >= 1, f"--max-batch-size must be >= 1, got {self.max_batch_size}"),
+            (
+                self.max_batch_delay_ms >= 0,
+                f"--max-batch-delay-ms must be >= 0, got {self.max_batch_delay_ms}",
+            ),
+            (
+                self.max_queue >= self.max_batch_size,
+                f"--max-queue ({self.max_queue}) must be >= --max-batch-size ({self.max_batch_size})",
+            ),
+            (
+                self.intra_op_threads is None or self.intra_op_threads >= 1,
+                f"--intra-op-threads must be >= 1, got {self.intra_op_threads}",
+            ),
+            (self.max_upload_mb > 0, f"--max-upload-mb must be > 0, got {self.max_upload_mb}"),
+            (self.max_audio_seconds > 0, f"--max-audio-seconds must be > 0, got {self.max_audio_seconds}"),
+            (self.reload_interval_s > 0, f"--reload-interval must be > 0, got {self.reload_interval_s}"),
+            (self.decode_workers >= 1, f"--num-workers must be >= 1, got {self.decode_workers}"),
+            (
+                self.directory_chunk_files >= 1,
+                f"--directory-chunk-files must be >= 1, got {self.directory_chunk_files}",
+            ),
+            (0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
+            (bool(self.data_roots), "--data-root needs at least one directory"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self

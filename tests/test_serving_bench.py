@@ -1,0 +1,89 @@
+"""lumen-bench server: input checks, /metrics parsing, and a short real run against lumen-serve."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import serving_testkit as kit
+
+from serving import bench, bench_server
+from serving.metrics import ServerMetrics
+
+MODEL = "tone.onnx"
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8090", "http://127.0.0.1:1/", "http://[::1]:8090"])
+def test_loopback_urls_are_accepted(url: str) -> None:
+    assert bench_server.check_loopback(url) == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://example.com:8090", "http://10.0.0.5", "ftp://localhost", "localhost:8090"]
+)
+def test_other_urls_are_refused(url: str) -> None:
+    with pytest.raises(bench_server.BenchError, match="loopback|must look like"):
+        bench_server.check_loopback(url)
+
+
+@pytest.mark.parametrize("text", ["", "0", "1,x", "1,999"])
+def test_bad_concurrency_lists_are_refused(text: str) -> None:
+    with pytest.raises(bench_server.BenchError, match="--concurrency"):
+        bench_server.parse_concurrency(text)
+
+
+def test_batch_totals_read_the_servers_histogram() -> None:
+    metrics = ServerMetrics()
+    for size in (4, 8, 12):
+        metrics.batch_done(MODEL, size, 0.01)
+    metrics.batch_done("other.onnx", 100, 0.01)
+    assert bench_server.batch_totals(metrics.render().decode(), MODEL) == (24.0, 3.0)
+
+
+def test_bench_rejects_a_remote_url_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audio = kit.write_tones(tmp_path / "a.wav", [1])
+    code = bench.main(["server", "http://example.com", "--model", MODEL, "--audio", str(audio)])
+    assert code == 2 and "only loopback" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kit.LiveServer]:
+    base = tmp_path_factory.mktemp("serving_bench")
+    kit.build_model(base / "models" / MODEL)
+    for i in range(4):
+        kit.write_tones(base / "data" / f"b{i}.wav", kit.label_set(i))
+    running = kit.LiveServer(base)
+    try:
+        yield running
+    finally:
+        assert running.stop() in (0, -signal.SIGTERM)
+
+
+def test_a_short_run_reports_every_level(
+    server: kit.LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    audio = server.log.parent / "data"
+    argv = ["server", server.url, "--model", MODEL, "--audio", str(audio), "--concurrency", "1,4"]
+    argv += ["--duration", "1", "--warmup", "0.2", "--json", str(out)]
+    assert bench.main(argv) == 0
+    document = json.loads(out.read_text())
+    assert document["model"] == MODEL and document["files"] == 4
+    levels = document["levels"]
+    assert [level["concurrency"] for level in levels] == [1, 4]
+    for level in levels:
+        assert level["requests"] > 0 and level["errors"] == 0
+        assert level["audio_seconds_per_s"] == pytest.approx(level["requests_per_s"] * 0.6, rel=0.05)
+        assert level["latency_ms_p50"] <= level["latency_ms_p90"] <= level["latency_ms_p99"]
+        assert level["mean_batch_size"] >= 5  # every file is 5 windows
+    table = capsys.readouterr().out
+    assert "req/s" in table and "p99 ms" in table
+
+
+def test_an_unknown_model_counts_as_errors(server: kit.LiveServer) -> None:
+    audio = server.log.parent / "data" / "b0.wav"
+    argv = ["server", server.url, "--model", "nope.onnx", "--audio", str(audio), "--concurrency", "1"]
+    assert bench.main([*argv, "--duration", "0.3", "--warmup", "0"]) == 1
