@@ -134,6 +134,8 @@ class TrainConfig:
     augmentations: list[str] = field(default_factory=list)
     aug_kwargs: dict[str, Any] = field(default_factory=dict)
     use_weighted_train_sampler: bool = False
+    # Keep decoded audio in memory across epochs (small or synthetic sets).
+    cache_audio: bool = False
     # Monitoring
     metric: str = "VAL_F1"
     metric_mode: str = "MAX"
