@@ -1,4 +1,4 @@
-"""lumen-data: make synthetic labelled audio (synth) and look inside datasets (inspect).
+"""lumen-data: make synthetic labelled audio (synth), look inside datasets (inspect), split them (split).
 
 Torch-free on purpose: it runs in an environment with only the ``synth`` extra installed.
 Exit codes: 0 success; 1 ``inspect`` found files that failed to parse or decode; 2 bad usage or
@@ -22,6 +22,7 @@ from rich.table import Table
 from common.audio import AudioError, decode
 from common.datasets import DatasetError, DatasetIssue, Item, describe_spec_types, parse_spec, scan_dataset
 from common.labels import LABELS, NAMES
+from common.splits import GROUPINGS, group_split, song_key, write_csv_dataset
 from training.synth.layouts import CARDINALITY_WEIGHTS, LAYOUTS
 from training.synth.pipeline import synthesize
 from training.synth.render import SOUNDFONT_CANDIDATES, SOUNDFONT_ENV, SynthError
@@ -83,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--decode", action="store_true", help="decode every file fully (slower; headers are read either way)"
     )
+    split = sub.add_parser(
+        "split",
+        help="split a labelled dataset into two csv datasets, keeping songs together",
+        description=(
+            "Split labelled specs into OUT_DIR/<first>.csv (about --fraction of the files) and "
+            "OUT_DIR/<second>.csv. With --group-by song (default) all excerpts of a song, "
+            "'<song>-<n>.wav' as in the IRMAS test set, land on the same side, so thresholds tuned "
+            "on one part are not scored on the same songs."
+        ),
+    )
+    split.add_argument("specs", nargs="+", metavar="SPEC")
+    split.add_argument("--out-dir", required=True, type=Path)
+    split.add_argument("--fraction", type=float, default=0.3, help="share of files in the first part (0.3)")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--group-by", choices=GROUPINGS, default="song")
+    split.add_argument("--names", nargs=2, default=["val", "test"], metavar=("FIRST", "SECOND"))
     return parser
 
 
@@ -91,10 +108,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "synth":
             return _synth(args)
+        if args.command == "split":
+            return _split(args)
         return _inspect(args)
     except (SynthError, DatasetError) as exc:
         print(f"lumen-data {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _split(args: argparse.Namespace) -> int:
+    items: list[Item] = []
+    for text in args.specs:
+        spec = parse_spec(text)
+        found, issues = scan_dataset(spec)
+        if issues:
+            raise DatasetError(f"{spec}: {len(issues)} file(s) cannot be used, first: {issues[0]}")
+        if any(item.labels is None for item in found):
+            raise DatasetError(f"{spec}: split needs labelled data (irmastrain, irmastest, csv, openmic)")
+        items.extend(found)
+    key = song_key if args.group_by == "song" else (lambda path: str(path))
+    parts = group_split(items, args.fraction, args.seed, key=key)
+    for name, part in zip(args.names, parts, strict=True):
+        out = args.out_dir / f"{name}.csv"
+        write_csv_dataset(part, out)
+        groups = len({key(item.path) for item in part})
+        per = Counter(code for item in part for code in item.codes or ())
+        counts = " ".join(f"{code}={per[code]}" for code in LABELS)
+        print(f"{out}: {len(part)} files from {groups} group(s); {counts}; read it with csv:{out}")
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
