@@ -20,14 +20,27 @@ from serving.settings import Settings, default_decode_workers
 PROG = "lumen-serve"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, but only where they say something and the help does not already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Serve lumen-audio ONNX artifacts over HTTP with dynamic batching (Swagger UI at /docs).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
-        "--model-dir", type=Path, required=True, help="folder searched recursively for .onnx artifacts"
+        "--model-dir",
+        type=Path,
+        default=Path("models"),
+        help="folder searched recursively for .onnx artifacts",
     )
     p.add_argument(
         "--model",
@@ -38,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="load and warm this model id at start (repeatable); default: every artifact",
     )
     p.add_argument("--lazy", action="store_true", help="load nothing at start; each model loads on first use")
-    p.add_argument("--host", default="localhost")
-    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--host", default="localhost", help="interface to bind; 0.0.0.0 listens on all")
+    p.add_argument("--port", type=int, default=8090, help="TCP port")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (falls back to CPU with a warning)")
     p.add_argument(
         "--max-batch-size",
