@@ -8,7 +8,7 @@ EXTRAS ?= cpu,train,synth,dev
 APT_PACKAGES := fluidsynth timgm6mb-soundfont
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup setup-serve apt test demo lint bench
+.PHONY: setup setup-serve apt test demo demo-model lint bench
 
 apt:
 	@if command -v fluidsynth >/dev/null 2>&1 && [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ]; then :; \
@@ -40,8 +40,18 @@ setup-serve: $(SERVE_VENV)/.installed
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+DEMO_PORT ?= 8090
+DEMO_URL := http://localhost:$(DEMO_PORT)
+
 demo: setup-serve
-	$(SERVE_VENV)/bin/lumen-serve --model-dir models/demo --data-root data --port 8090
+	@echo
+	@echo "Swagger UI:  $(DEMO_URL)/docs"
+	@echo "Classify a bundled clip (in another shell, once the server logs 'Application startup complete'):"
+	@echo "  curl -s -F files=@data/examples/piano_voice.wav '$(DEMO_URL)/model/predict?model=lumen-demo.onnx'"
+	@echo "Score the bundled clips against their labels:"
+	@echo "  curl -s -H 'Content-Type: application/json' -d '{\"model\": \"lumen-demo.onnx\", \"datasets\": [{\"dataset_type\": \"irmastest\", \"dataset_path\": \"data/examples\"}]}' $(DEMO_URL)/model/test-directory"
+	@echo
+	$(SERVE_VENV)/bin/lumen-serve --model-dir models/demo --data-root data --port $(DEMO_PORT)
 
 lint: setup
 	$(VENV)/bin/ruff check common training export serving tests benchmarks
@@ -49,3 +59,24 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_decode.py
+
+# Rebuild models/demo/lumen-demo.onnx from scratch with the project's own tools (see models/demo/MODEL_CARD.md).
+DEMO_DATA ?= data/demo-synth
+DEMO_RUNS ?= models/demo-runs
+DEMO_SOUNDFONTS := /usr/share/sounds/sf2/TimGM6mb.sf2 /usr/share/sounds/sf2/FluidR3_GM.sf2
+DEMO_SYNTH = $(VENV)/bin/lumen-data synth --sample-rate 16000 --jobs 2 $(foreach sf,$(DEMO_SOUNDFONTS),--soundfont $(sf))
+
+demo-model: setup
+	@for sf in $(DEMO_SOUNDFONTS); do [ -f $$sf ] || { echo "missing $$sf: apt-get install -y timgm6mb-soundfont fluid-soundfont-gm"; exit 1; }; done
+	rm -rf $(DEMO_DATA) $(DEMO_RUNS)
+	$(DEMO_SYNTH) --out $(DEMO_DATA)/train --layout irmastrain --per-class 300 --seed 0
+	$(DEMO_SYNTH) --out $(DEMO_DATA)/val --layout irmastest --per-class 40 --seed 1 --min-seconds 5 --max-seconds 10
+	$(DEMO_SYNTH) --out $(DEMO_DATA)/test --layout irmastest --per-class 60 --seed 2 --min-seconds 5 --max-seconds 10
+	$(VENV)/bin/lumen-train --train-paths irmastrain:$(DEMO_DATA)/train --val-paths irmastest:$(DEMO_DATA)/val \
+		--test-paths irmastest:$(DEMO_DATA)/test --model SMALL_CNN --audio-transform MEL_SPECTROGRAM --n-mels 64 \
+		--window-seconds 3.0 --hop-seconds 1.5 --augmentations SUM_N_SAMPLES COLOR_NOISE TIME_MASK FREQ_MASK \
+		--aug-kwargs sum_n_samples_p=0.7 sum_n_samples_n=4 --epochs 25 --batch-size 32 --lr 1e-3 \
+		--lr-onecycle-max 4e-3 --nofinetune-head --cache-audio --num-workers 2 --seed 0 --output-dir $(DEMO_RUNS)
+	$(VENV)/bin/lumen-export $(DEMO_RUNS)/*/checkpoints/best.ckpt --out models/demo/lumen-demo.onnx
+	$(VENV)/bin/lumen-test --model models/demo/lumen-demo.onnx --dataset-paths irmastest:$(DEMO_DATA)/test \
+		--out-dir $(DEMO_RUNS)/test-report --all-plots
