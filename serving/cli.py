@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to let open requests finish on shutdown",
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request (off: GET /metrics counts requests by endpoint and status)",
+    )
     return p
 
 
@@ -158,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
     return 0

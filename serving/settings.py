@@ -46,6 +46,8 @@ class Settings:
     """Files decoded and predicted at a time by directory jobs (bounds their memory)."""
     shutdown_grace_s: float = 30.0
     log_level: str = "info"
+    # One log line per request costs ~7% of the event loop at high request rates; /metrics counts them.
+    access_log: bool = False
 
     @property
     def max_upload_bytes(self) -> int:

@@ -42,7 +42,11 @@ def test_aliases_and_repeatable_flags_map_onto_settings(tmp_path: Path) -> None:
     assert (
         settings.data_roots == (Path("x"), Path("y")) and settings.device == "cuda:1" and settings.hot_reload
     )
-    assert settings_from_args(build_parser().parse_args(["--model-dir", "m"])).data_roots == (Path("data"),)
+    defaults = settings_from_args(build_parser().parse_args(["--model-dir", "m"]))
+    assert defaults.data_roots == (Path("data"),)
+    # Per-request access lines are opt-in: /metrics already counts requests by endpoint and status.
+    assert not defaults.access_log
+    assert settings_from_args(build_parser().parse_args(["--model-dir", "m", "--access-log"])).access_log
 
 
 @pytest.mark.parametrize(
