@@ -78,7 +78,9 @@ class ArtifactMetadata(msgspec.Struct, kw_only=True, frozen=True):
         if bad:
             raise ArtifactError(f"metadata field 'thresholds' has values outside [0, 1]: {bad}")
         if self.aggregation not in ("mean", "max"):
-            raise ArtifactError(f"metadata field 'aggregation' must be 'mean' or 'max', got {self.aggregation!r}")
+            raise ArtifactError(
+                f"metadata field 'aggregation' must be 'mean' or 'max', got {self.aggregation!r}"
+            )
         if not self.architecture:
             raise ArtifactError("metadata field 'architecture' is empty")
         if self.format_version > FORMAT_VERSION:

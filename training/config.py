@@ -31,7 +31,14 @@ MODEL_NAMES: tuple[str, ...] = (
     "AST",
     "WAV2VEC",
 )
-AUDIO_TRANSFORMS: tuple[str, ...] = ("MEL_SPECTROGRAM", "MFCC", "MULTI_SPECTROGRAM", "AST", "WAV2VEC", "WAVELET")
+AUDIO_TRANSFORMS: tuple[str, ...] = (
+    "MEL_SPECTROGRAM",
+    "MFCC",
+    "MULTI_SPECTROGRAM",
+    "AST",
+    "WAV2VEC",
+    "WAVELET",
+)
 HEADS: tuple[str, ...] = ("LINEAR", "DEEP_HEAD", "ATTENTION_HEAD")
 LOSSES: tuple[str, ...] = (
     "CROSS_ENTROPY",
@@ -213,5 +220,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"labels {unknown} are not IRMAS codes")
         if self.model.num_labels != len(self.labels):
-            raise ConfigError(f"model.num_labels ({self.model.num_labels}) != number of labels ({len(self.labels)})")
+            raise ConfigError(
+                f"model.num_labels ({self.model.num_labels}) != number of labels ({len(self.labels)})"
+            )
         return self
