@@ -49,7 +49,7 @@ demo: setup-serve
 	@echo "Classify a bundled clip (in another shell, once the server logs 'Application startup complete'):"
 	@echo "  curl -s -F files=@data/examples/piano_voice.wav '$(DEMO_URL)/model/predict?model=lumen-demo.onnx'"
 	@echo "Score the bundled clips against their labels:"
-	@echo "  curl -s -H 'Content-Type: application/json' -d '{\"model\": \"lumen-demo.onnx\", \"datasets\": [{\"dataset_type\": \"irmastest\", \"dataset_path\": \"data/examples\"}]}' $(DEMO_URL)/model/test-directory"
+	@echo "  curl -s -H 'Content-Type: application/json' -d '{\"model\": \"lumen-demo.onnx\", \"datasets\": [{\"dataset_type\": \"irmastest\", \"dataset_path\": \"examples\"}]}' $(DEMO_URL)/model/test-directory"
 	@echo
 	$(SERVE_VENV)/bin/lumen-serve --model-dir models/demo --data-root data --port $(DEMO_PORT)
 

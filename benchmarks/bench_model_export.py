@@ -1,4 +1,4 @@
-"""Reproduce benchmarks/RESULTS_export.md: ONNX Runtime vs eager PyTorch for SMALL_CNN and EfficientNet-V2-S.
+"""Reproduce the export table of benchmarks/RESULTS.md: ONNX Runtime vs eager PyTorch for SMALL_CNN and EfficientNet-V2-S.
 
 Builds each model at the default config (16 kHz, 3 s windows, 128 log-mels) with random weights
 (speed does not depend on the values, and no hub download is needed), writes a checkpoint in
@@ -35,7 +35,9 @@ def write_checkpoint(model_name: str, path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="SMALL_CNN,EFFICIENT_NET_V2_S")
     parser.add_argument("--batch-sizes", default="1,4,16")
     parser.add_argument("--iters", type=int, default=10)
