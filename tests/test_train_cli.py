@@ -201,6 +201,10 @@ def test_resume_refuses_to_resize_a_step_schedule(quick_run, data, tmp_path, cap
         (["--head-after", "no.such.layer", "--epochs", "2"], "--head-after 'no.such.layer'"),
         (["--accelerator", "quantum"], "--accelerator"),
         (["--augmentations", "TIMEINV", "--aug-kwargs", "no_such_key=1"], "no_such_key"),
+        (
+            ["--model", "MOBILENET_V3_SMALL", "--pretrained", "--pretrained-source", "/no/such/w.safetensors"],
+            "--pretrained-source /no/such/w.safetensors: file not found",
+        ),
     ],
 )
 def test_bad_flag_values_exit_2_with_one_line(data, tmp_path, capsys, flags, message):

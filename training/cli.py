@@ -538,11 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and malformed flags exit here, before torch loads
     from common.datasets import DatasetError
     from training.checkpoint import CheckpointError
+    from training.models import ModelLoadError
 
     owns_run_dir = RUN_DIR_ENV not in os.environ  # False in DDP ranks started by Lightning's launcher
     try:
         return train(config_from_args(args))
-    except (ConfigError, DatasetError, CheckpointError) as exc:
+    except (ConfigError, DatasetError, CheckpointError, ModelLoadError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     finally:

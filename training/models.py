@@ -106,6 +106,14 @@ class SmallCNN(nn.Module):
         return self.stages(self.stem(features)).mean(dim=2)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """A local file/folder rather than a hub id (``org/name`` is a hub id, ``./x`` or ``/x`` is not)."""
+    return source.startswith(("/", ".", "~")) or source.lower().endswith(WEIGHT_SUFFIXES)
+
+
 class TimmBackbone(nn.Module):
     """A timm image CNN on spectrogram "images" with ``in_chans`` = front-end channels, unpooled."""
 
@@ -123,6 +131,10 @@ class TimmBackbone(nn.Module):
             source = Path(cfg.pretrained_source)
             if source.exists():
                 kwargs["pretrained_cfg_overlay"] = {"file": str(source)}
+            elif _looks_like_a_path(cfg.pretrained_source):
+                raise ModelLoadError(
+                    f"--model {name}: --pretrained-source {cfg.pretrained_source}: file not found"
+                )
             else:  # a hub id such as "timm/convnext_tiny.fb_in22k"
                 arch = cfg.pretrained_source.removeprefix("hf-hub:").removeprefix("timm/")
         try:
