@@ -202,7 +202,13 @@ def test_resume_refuses_to_resize_a_step_schedule(quick_run, data, tmp_path, cap
         (["--accelerator", "quantum"], "--accelerator"),
         (["--augmentations", "TIMEINV", "--aug-kwargs", "no_such_key=1"], "no_such_key"),
         (
-            ["--model", "MOBILENET_V3_SMALL", "--pretrained", "--pretrained-source", "/no/such/w.safetensors"],
+            [
+                "--model",
+                "MOBILENET_V3_SMALL",
+                "--pretrained",
+                "--pretrained-source",
+                "/no/such/w.safetensors",
+            ],
             "--pretrained-source /no/such/w.safetensors: file not found",
         ),
     ],
