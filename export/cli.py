@@ -164,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out if args.out is not None else default_output(args.ckpt, args.format)
     started = time.perf_counter()
     try:
+        loaded = load_checkpoint(args.ckpt)  # first: an .onnx passed as CKPT is "not a checkpoint"
         if out.resolve() == args.ckpt.resolve():
             raise ExportError(f"--out {out} is the checkpoint itself; choose another output path")
-        loaded = load_checkpoint(args.ckpt)
         windows = _audio_windows(args.verify_audio, loaded) if args.verify_audio is not None else None
         precision = "fp16" if args.fp16 else "fp32"
         print(

@@ -282,7 +282,10 @@ def test_unreadable_and_foreign_checkpoints_are_refused(small_cnn, tmp_path, cap
     foreign = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {"lr": 0.1}}, foreign)
     assert "not a lumen-audio checkpoint" in _error([str(foreign)], capsys)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.ckpt", "truncated.ckpt"]
+    artifact = tmp_path / "model.onnx"  # a common mix-up: the export instead of the checkpoint
+    artifact.write_bytes(b"\x08\x08\x12\x07pytorch" + bytes(100))
+    assert "model.onnx: not a PyTorch checkpoint (an exported artifact" in _error([str(artifact)], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "other.ckpt", "truncated.ckpt"]
 
 
 @pytest.mark.parametrize(

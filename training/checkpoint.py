@@ -78,11 +78,30 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _looks_like_torch_save(path: Path) -> bool:
+    """Starts like a zip archive (``torch.save`` since 1.6) or a legacy pickle (marker ``0x80``).
+
+    Only the magic bytes are checked, so a truncated checkpoint still reaches ``torch.load`` and is
+    reported as unreadable rather than as some other kind of file.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)``; every failure becomes a one-line :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if not _looks_like_torch_save(path):
+        hint = (
+            "an exported artifact; serve it or evaluate it with lumen-test, and pass the .ckpt that "
+            "lumen-train wrote here"
+            if path.suffix.lower() in {".onnx", ".pt2"}
+            else "neither a torch.save zip archive nor a pickle"
+        )
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({hint})")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
