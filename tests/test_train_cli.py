@@ -201,6 +201,8 @@ def test_resume_refuses_to_resize_a_step_schedule(quick_run, data, tmp_path, cap
         (["--head-after", "no.such.layer", "--epochs", "2"], "--head-after 'no.such.layer'"),
         (["--accelerator", "quantum"], "--accelerator"),
         (["--augmentations", "TIMEINV", "--aug-kwargs", "no_such_key=1"], "no_such_key"),
+        (["--f-min", "9000"], "f_min < f_max"),
+        (["--audio-transform", "MFCC", "--n-mfcc", "64"], "--n-mfcc (64) must be in 1..n_mels (32)"),
         (
             [
                 "--model",
@@ -285,3 +287,16 @@ def test_first_ctrl_c_stops_gracefully_and_tests_the_best_checkpoint(data, tmp_p
     (run,) = tmp_path.iterdir()
     report = json.loads((run / "test_metrics.json").read_text())
     assert report["checkpoint"].endswith("best.ckpt")
+
+
+def test_front_end_flags_reach_the_config():
+    from training.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--train-paths", "x", "--val-paths", "y", "--audio-transform", "MULTI_SPECTROGRAM",
+         "--f-min", "30", "--f-max", "7600", "--n-mfcc", "20", "--multi-n-ffts", "256", "1024",
+         "--n-fft", "512", "--hop-length", "256"]
+    )  # fmt: skip
+    frontend = config_from_args(args).frontend
+    assert (frontend.f_min, frontend.f_max, frontend.n_mfcc) == (30.0, 7600.0, 20)
+    assert frontend.multi_n_ffts == [256, 1024] and (frontend.n_fft, frontend.hop_length) == (512, 256)

@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--n-mels", type=int)
     model.add_argument("--n-fft", type=int)
     model.add_argument("--hop-length", type=int)
+    model.add_argument("--f-min", type=float, help="lowest mel band edge, Hz (0)")
+    model.add_argument("--f-max", type=float, help="highest mel band edge, Hz (sample_rate / 2)")
+    model.add_argument("--n-mfcc", type=int, help="MFCC coefficients (40)")
+    model.add_argument(
+        "--multi-n-ffts", nargs="+", type=int, metavar="N", help="MULTI_SPECTROGRAM FFT sizes (400 800 1600)"
+    )
     model.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
     model.add_argument("--pretrained-source", help="hub id, timm name or local folder of pretrained weights")
     model.add_argument("--head", help=names(HEADS))
@@ -184,6 +190,10 @@ _FIELDS: dict[str, tuple[str | None, str]] = {
     "n_mels": ("frontend", "n_mels"),
     "n_fft": ("frontend", "n_fft"),
     "hop_length": ("frontend", "hop_length"),
+    "f_min": ("frontend", "f_min"),
+    "f_max": ("frontend", "f_max"),
+    "n_mfcc": ("frontend", "n_mfcc"),
+    "multi_n_ffts": ("frontend", "multi_n_ffts"),
     "model": ("model", "model"),
     "pretrained": ("model", "pretrained"),
     "pretrained_source": ("model", "pretrained_source"),
