@@ -98,7 +98,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         hint = (
             "an exported artifact; serve it or evaluate it with lumen-test, and pass the .ckpt that "
             "lumen-train wrote here"
-            if path.suffix.lower() in {".onnx", ".pt2"}
+            if path.suffix.lower() == ".onnx"  # a .pt2 is a zip archive: torch.load reports it
             else "neither a torch.save zip archive nor a pickle"
         )
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({hint})")
