@@ -128,9 +128,8 @@ class TimmBackbone(nn.Module):
             **cfg.backbone_kwargs,
         }
         if cfg.pretrained and cfg.pretrained_source:
-            source = Path(
-                cfg.pretrained_source
-            ).expanduser()  # "~/w.pth" is a path, as _looks_like_a_path says
+            # "~/w.pth" is a path (as _looks_like_a_path says), so expand it before testing it.
+            source = Path(cfg.pretrained_source).expanduser()
             if source.exists():
                 kwargs["pretrained_cfg_overlay"] = {"file": str(source)}
             elif _looks_like_a_path(cfg.pretrained_source):
