@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,17 +26,27 @@ import soxr
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
 PAD_MODE: Literal["repeat", "zeros"] = "repeat"
 RESAMPLE_QUALITY = "HQ"
+# libsndfile's names (``SoundFile.format``) of the containers behind SUPPORTED_EXTENSIONS.
+ALLOWED_FORMATS: frozenset[str] = frozenset({"WAV", "WAVEX", "RF64", "FLAC", "OGG", "MP3"})
+MAGIC_BYTES = 4
+BLOCK_FRAMES = 65536
+MIB = 1024 * 1024
 
 AudioSource = str | os.PathLike[str] | bytes
 
 
 class AudioError(ValueError):
-    """A file that cannot be turned into audio; ``str()`` is ``"<name>: <reason>"``."""
+    """A file that cannot be turned into audio; ``str()`` is ``"<name>: <reason>"``.
 
-    def __init__(self, name: str, reason: str) -> None:
+    ``kind`` sorts failures for metrics: ``format`` (not an accepted container), ``limit`` (a header
+    beyond :class:`DecodeLimits`), ``invalid`` (missing, empty, corrupt, NaN/Inf, too short).
+    """
+
+    def __init__(self, name: str, reason: str, kind: str = "invalid") -> None:
         super().__init__(f"{name}: {reason}")
         self.name = name
         self.reason = reason
+        self.kind = kind
 
 
 def is_audio_path(path: str | os.PathLike[str]) -> bool:
@@ -52,18 +62,52 @@ def _source_name(source: AudioSource, name: str | None) -> str:
     return os.fspath(source)
 
 
-def decode(
-    source: AudioSource, *, name: str | None = None, max_seconds: float | None = None
-) -> tuple[np.ndarray, int]:
-    """Decode to float32 ``[frames, channels]`` and the file's own sample rate.
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What a decode may cost, checked from the header before any sample is read.
 
-    Raises :class:`AudioError` for missing, empty, non-audio, corrupt, silent-length (0 frames) or
-    too-long input. ``max_seconds`` is checked from the header before any sample is decoded.
+    ``max_decoded_bytes`` bounds ``frames x channels x 4`` (the float32 the file expands to at its own
+    rate), so a tiny FLAC of silence at 655 kHz x 8 channels is refused, not decoded. The format
+    allow-list keeps libsndfile's rarely used parsers (AIFF, CAF, W64, AU, PAF, ...) away from
+    untrusted bytes; extend :data:`ALLOWED_FORMATS` only on purpose.
     """
-    label = _source_name(source, name)
+
+    max_seconds: float | None = None
+    max_channels: int = 64
+    min_sample_rate: int = 1000
+    max_sample_rate: int = 384_000
+    max_decoded_bytes: int | None = None
+    formats: frozenset[str] = field(default_factory=lambda: ALLOWED_FORMATS)
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """A file's header, as libsndfile reads it (no samples decoded)."""
+
+    format: str
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+    @property
+    def decoded_bytes(self) -> int:
+        """float32 bytes of the whole file at its own rate and channel count."""
+        return self.frames * self.channels * 4
+
+
+def _open(source: AudioSource, label: str) -> io.BytesIO | str:
+    """A handle for libsndfile after the cheap checks (exists, extension, not empty, magic bytes)."""
     if isinstance(source, bytes):
         if not source:
             raise AudioError(label, "empty file (0 bytes)")
+        head = source[:MAGIC_BYTES]
         handle: io.BytesIO | str = io.BytesIO(source)
     else:
         path = Path(source)
@@ -75,26 +119,150 @@ def decode(
             )
         if path.stat().st_size == 0:
             raise AudioError(label, "empty file (0 bytes)")
+        with open(path, "rb") as f:
+            head = f.read(MAGIC_BYTES)
         handle = os.fspath(path)
+    if not _looks_allowed(head):
+        raise AudioError(
+            label, f"not a recognised audio file (supported: {', '.join(SUPPORTED_EXTENSIONS)})", "format"
+        )
+    return handle
+
+
+def _looks_allowed(head: bytes) -> bool:
+    """Magic bytes of WAV (RIFF/RIFX/RF64), FLAC, Ogg and MP3 (ID3 tag or an MPEG frame sync)."""
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS") or head[:3] == b"ID3":
+        return True
+    return len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0
+
+
+def _check_header(f: sf.SoundFile, label: str, limits: DecodeLimits) -> AudioInfo:
+    info = AudioInfo(str(f.format), int(f.samplerate), int(f.channels), int(f.frames))
+    if info.format not in limits.formats:
+        raise AudioError(
+            label,
+            f"audio format {info.format} is not accepted (accepted: {', '.join(sorted(limits.formats))})",
+            "format",
+        )
+    if not limits.min_sample_rate <= info.sample_rate <= limits.max_sample_rate:
+        raise AudioError(
+            label,
+            f"sample rate {info.sample_rate} Hz is outside the accepted "
+            f"{limits.min_sample_rate}..{limits.max_sample_rate} Hz",
+            "limit",
+        )
+    if not 1 <= info.channels <= limits.max_channels:
+        raise AudioError(
+            label, f"{info.channels} channels; at most {limits.max_channels} are accepted", "limit"
+        )
+    if info.frames <= 0:
+        raise AudioError(label, "no audio samples (0 frames; truncated or empty stream)")
+    if limits.max_seconds is not None and info.frames > limits.max_seconds * info.sample_rate:
+        raise AudioError(
+            label, f"audio is {info.seconds:.1f} s long; the limit is {limits.max_seconds:g} s", "limit"
+        )
+    if limits.max_decoded_bytes is not None and info.decoded_bytes > limits.max_decoded_bytes:
+        raise AudioError(
+            label,
+            f"decodes to {info.decoded_bytes / MIB:.1f} MiB ({info.channels} ch x {info.frames} frames); "
+            f"the limit is {limits.max_decoded_bytes / MIB:.1f} MiB",
+            "limit",
+        )
+    return info
+
+
+def probe(
+    source: AudioSource, *, name: str | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+) -> AudioInfo:
+    """The header of ``source`` checked against ``limits``; :class:`AudioError` if it fails any."""
+    label = _source_name(source, name)
+    handle = _open(source, label)
     try:
         with sf.SoundFile(handle) as f:
-            sr = int(f.samplerate)
-            if max_seconds is not None and f.frames > 0 and f.frames > max_seconds * sr:
-                raise AudioError(
-                    label, f"audio is {f.frames / sr:.1f} s long; the limit is {max_seconds:g} s"
-                )
-            data = f.read(dtype="float32", always_2d=True)
+            return _check_header(f, label, limits)
     except AudioError:
         raise
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise AudioError(label, _failure_reason(exc, handle)) from None
+
+
+def decode(
+    source: AudioSource,
+    *,
+    name: str | None = None,
+    max_seconds: float | None = None,
+    limits: DecodeLimits | None = None,
+    mono: bool = False,
+) -> tuple[np.ndarray, int]:
+    """Decode to float32 ``[frames, channels]`` (or ``[frames]`` with ``mono``) and the file's rate.
+
+    Raises :class:`AudioError` for missing, empty, non-audio, corrupt, silent-length (0 frames),
+    too-long or over-budget input. Every limit is checked from the header before any sample is
+    decoded; the samples are then read in blocks (downmixed block by block with ``mono``) into one
+    buffer sized from the header, so a header that lies about its length cannot make the decode
+    hold more than ``limits`` allow.
+    """
+    limits = limits or DEFAULT_LIMITS
+    if max_seconds is not None:
+        limits = replace(limits, max_seconds=max_seconds)
+    label = _source_name(source, name)
+    handle = _open(source, label)
+    try:
+        with sf.SoundFile(handle) as f:
+            info = _check_header(f, label, limits)
+            data = _read_blocks(f, info, label, limits, mono)
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as exc:
         raise AudioError(label, _failure_reason(exc, handle)) from None
     if data.shape[0] == 0:
         raise AudioError(label, "no audio samples (0 frames; truncated or empty stream)")
-    if max_seconds is not None and data.shape[0] > max_seconds * sr:
-        raise AudioError(label, f"audio is {data.shape[0] / sr:.1f} s long; the limit is {max_seconds:g} s")
-    if not np.isfinite(data).all():
-        raise AudioError(label, "audio contains NaN or infinite samples")
-    return data, sr
+    return data, info.sample_rate
+
+
+def _read_blocks(
+    f: sf.SoundFile, info: AudioInfo, label: str, limits: DecodeLimits, mono: bool
+) -> np.ndarray:
+    """Samples in blocks of :data:`BLOCK_FRAMES` into a buffer of the header's length.
+
+    Compressed streams may hold a little more than their header says; the buffer grows for that,
+    but never past ``max_seconds`` or ``max_decoded_bytes``.
+    """
+    cap = info.frames
+    if limits.max_seconds is not None:
+        cap = min(cap, int(limits.max_seconds * info.sample_rate))
+    hard_cap = int(limits.max_seconds * info.sample_rate) if limits.max_seconds is not None else None
+    if limits.max_decoded_bytes is not None:
+        by_budget = limits.max_decoded_bytes // (4 * info.channels)
+        hard_cap = by_budget if hard_cap is None else min(hard_cap, by_budget)
+    shape: tuple[int, ...] = (cap,) if mono else (cap, info.channels)
+    out = np.empty(shape, dtype=np.float32)
+    filled = 0
+    block = np.empty((BLOCK_FRAMES, info.channels), dtype=np.float32)
+    while True:
+        n = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True, out=block).shape[0]
+        if n == 0:
+            break
+        chunk = block[:n]
+        if not np.isfinite(chunk).all():
+            raise AudioError(label, "audio contains NaN or infinite samples")
+        if filled + n > out.shape[0]:
+            if hard_cap is not None and filled + n > hard_cap:
+                raise AudioError(
+                    label, "the stream holds more audio than its header and the limits allow", "limit"
+                )
+            grown = max(filled + n, out.shape[0] + out.shape[0] // 4 + BLOCK_FRAMES)
+            if hard_cap is not None:
+                grown = min(grown, hard_cap)
+            out = np.resize(out, (grown, *out.shape[1:]))
+        if not mono:
+            out[filled : filled + n] = chunk
+        elif info.channels == 1:
+            out[filled : filled + n] = chunk[:, 0]
+        else:
+            out[filled : filled + n] = chunk.mean(axis=1)
+        filled += n
+    return out[:filled]
 
 
 def _failure_reason(exc: Exception, handle: object) -> str:
@@ -141,10 +309,11 @@ def load_audio(
     name: str | None = None,
     normalize: bool = False,
     max_seconds: float | None = None,
+    limits: DecodeLimits | None = None,
 ) -> np.ndarray:
     """Decode any supported file (path or bytes) to mono float32 at ``sample_rate``."""
-    data, sr = decode(source, name=name, max_seconds=max_seconds)
-    audio = resample(to_mono(data), sr, sample_rate)
+    data, sr = decode(source, name=name, max_seconds=max_seconds, limits=limits, mono=True)
+    audio = resample(data, sr, sample_rate)
     if audio.size == 0:  # e.g. one frame at 44.1 kHz resamples to nothing at 16 kHz
         raise AudioError(
             _source_name(source, name),

@@ -23,7 +23,10 @@ endpoint), so a folder is read the same way by training and by evaluation. The f
 A bare path (no known ``TYPE:`` prefix) takes the caller's ``default_type``. The prefix is only split
 off when it is one of the types above, so ``C:\\data\\x``, ``/a/b:c`` and other paths with colons stay
 paths. Files and folders whose names start with ``.`` are skipped (macOS ``._x.wav`` resource forks are
-not audio). Every other problem with a single file is reported as a :class:`DatasetIssue`:
+not audio). A server passes ``confine`` (see :data:`Confine`): every path a scanner derives (class
+folders, sidecar ``.txt`` files, CSV rows, walked files) is checked with it *before* it is opened or
+stat'ed, so a symlink out of the data root yields an issue saying so and nothing about its target.
+Every other problem with a single file is reported as a :class:`DatasetIssue`:
 :func:`scan_dataset` returns them next to the good items, :func:`load_dataset` refuses to return a
 dataset that has any, so a training run never quietly trains on a subset.
 """
@@ -76,6 +79,14 @@ OPENMIC_TO_IRMAS: dict[str, str] = {
 OPENMIC_AMBIGUOUS = "guitar"  # acoustic or electric: clips with it are left out (see module docstring)
 DEFAULT_RELEVANCE_THRESHOLD = 0.5
 MAX_LISTED_ISSUES = 5
+OUTSIDE_ROOT = "resolves outside the data root; skipped"
+
+Confine = Callable[[Path], bool]
+"""True when a path (after resolving symlinks) may be read; must not raise."""
+
+
+def _anywhere(_: Path) -> bool:
+    return True
 
 
 class DatasetError(ValueError):
@@ -173,20 +184,22 @@ def scan_dataset(
     *,
     default_type: str | None = None,
     relevance_threshold: float = DEFAULT_RELEVANCE_THRESHOLD,
+    confine: Confine = _anywhere,
 ) -> tuple[list[Item], list[DatasetIssue]]:
     """Items sorted by path, plus every per-file problem found (also sorted by path).
 
     Raises :class:`DatasetError` only for problems with the dataset as a whole: a missing folder or
-    file, a CSV without the required columns, or no audio at all.
+    file, a CSV without the required columns, or no audio at all. ``confine`` is asked about every
+    derived path before it is touched (see the module docstring).
     """
     if isinstance(spec, str):
         spec = parse_spec(spec, default_type)
     if not 0.0 < relevance_threshold <= 1.0:
         raise DatasetError(f"relevance_threshold must be in (0, 1], got {relevance_threshold}")
     if spec.type == "openmic":
-        items, issues = _scan_openmic(spec.path, relevance_threshold)
+        items, issues = _scan_openmic(spec.path, relevance_threshold, confine)
     else:
-        items, issues = _SCANNERS[spec.type](spec.path)
+        items, issues = _SCANNERS[spec.type](spec.path, confine)
     if not items and not issues:
         raise DatasetError(f"{spec}: no audio files found ({SPEC_HELP[spec.type]})")
     return sorted(items, key=lambda it: it.path), sorted(issues, key=lambda i: (i.path, i.error))
@@ -300,8 +313,14 @@ def _read_csv(
 
 
 def _csv_file_path(csv_path: Path, value: str) -> Path:
-    """``value`` as written in the CSV, relative to the CSV's own folder unless absolute."""
-    path = Path(value.strip()).expanduser()
+    """``value`` as written in the CSV, relative to the CSV's own folder unless absolute.
+
+    Raises ``ValueError`` for a ``~user`` that names no user (``expanduser`` raises RuntimeError).
+    """
+    try:
+        path = Path(value.strip()).expanduser()
+    except RuntimeError as exc:
+        raise ValueError(f"cannot expand {value.strip()!r}: {exc}") from None
     return path if path.is_absolute() else csv_path.parent / path
 
 
@@ -312,7 +331,9 @@ class _Listing(NamedTuple):
     issues: list[DatasetIssue]
 
 
-def _list_csv_files(csv_path: Path, kind: str, required: list[str]) -> tuple[list[str], _Listing]:
+def _list_csv_files(
+    csv_path: Path, kind: str, required: list[str], confine: Confine = _anywhere
+) -> tuple[list[str], _Listing]:
     header, rows = _read_csv(csv_path, kind, ["file", *required])
     col = header.index("file")
     good: list[tuple[int, Path, list[str]]] = []
@@ -327,7 +348,11 @@ def _list_csv_files(csv_path: Path, kind: str, required: list[str]) -> tuple[lis
         if not cells[col].strip():
             issues.append(DatasetIssue(str(csv_path), f"row {line}: empty 'file' cell"))
             continue
-        audio = _csv_file_path(csv_path, cells[col])
+        try:
+            audio = _csv_file_path(csv_path, cells[col])
+        except ValueError as exc:
+            issues.append(DatasetIssue(str(csv_path), f"row {line}: {exc}"))
+            continue
         key = os.path.normpath(audio)
         if key in first_row:
             issues.append(
@@ -335,6 +360,9 @@ def _list_csv_files(csv_path: Path, kind: str, required: list[str]) -> tuple[lis
             )
             continue
         first_row[key] = line
+        if not confine(audio):  # before any stat: existence outside the root must not show
+            issues.append(DatasetIssue(str(audio), f"{OUTSIDE_ROOT} (row {line} of {csv_path})"))
+            continue
         problem = _audio_file_problem(audio)
         if problem:
             issues.append(DatasetIssue(str(audio), f"{problem} (row {line} of {csv_path})"))
@@ -390,7 +418,7 @@ def _tags_of(stem: str) -> list[str]:
     return tags
 
 
-def _scan_irmastrain(root: Path) -> tuple[list[Item], list[DatasetIssue]]:
+def _scan_irmastrain(root: Path, confine: Confine = _anywhere) -> tuple[list[Item], list[DatasetIssue]]:
     expected = "PATH/<code>/*.wav with <code> one of " + ", ".join(LABELS)
     _require_dir(root, "irmastrain", expected)
     items: list[Item] = []
@@ -398,6 +426,9 @@ def _scan_irmastrain(root: Path) -> tuple[list[Item], list[DatasetIssue]]:
     found_folder = False
     for entry in sorted(root.iterdir()):
         if not _visible(entry.name):
+            continue
+        if not confine(entry):
+            issues.append(DatasetIssue(str(entry), OUTSIDE_ROOT))
             continue
         if entry.is_file():
             if is_audio_path(entry):
@@ -414,6 +445,9 @@ def _scan_irmastrain(root: Path) -> tuple[list[Item], list[DatasetIssue]]:
         found_folder = True
         for path in sorted(entry.iterdir()):
             if not _visible(path.name):
+                continue
+            if not confine(path):
+                issues.append(DatasetIssue(str(path), OUTSIDE_ROOT))
                 continue
             if path.is_dir():
                 issues.append(
@@ -471,12 +505,18 @@ def read_label_file(path: Path) -> list[str]:
     return codes
 
 
-def _scan_irmastest(root: Path) -> tuple[list[Item], list[DatasetIssue]]:
+def _scan_irmastest(root: Path, confine: Confine = _anywhere) -> tuple[list[Item], list[DatasetIssue]]:
     _require_dir(root, "irmastest", "a folder of audio files, each with a same-stem .txt label file")
     items: list[Item] = []
     issues: list[DatasetIssue] = []
     for path in _walk_audio(root):
         sidecar = path.with_suffix(".txt")
+        if not confine(path):
+            issues.append(DatasetIssue(str(path), OUTSIDE_ROOT))
+            continue
+        if not confine(sidecar):  # its lines would be echoed in errors: never read it
+            issues.append(DatasetIssue(str(path), f"label file {sidecar.name} {OUTSIDE_ROOT}"))
+            continue
         if not sidecar.is_file():
             issues.append(DatasetIssue(str(path), f"label file {sidecar.name} not found next to it"))
             continue
@@ -492,9 +532,9 @@ def _scan_irmastest(root: Path) -> tuple[list[Item], list[DatasetIssue]]:
 # --- csv and inference ---------------------------------------------------------------------------------
 
 
-def _scan_csv(csv_path: Path) -> tuple[list[Item], list[DatasetIssue]]:
+def _scan_csv(csv_path: Path, confine: Confine = _anywhere) -> tuple[list[Item], list[DatasetIssue]]:
     _require_file(csv_path, "csv", "a CSV file with columns file, " + ", ".join(LABELS))
-    header, listing = _list_csv_files(csv_path, "csv", list(LABELS))
+    header, listing = _list_csv_files(csv_path, "csv", list(LABELS), confine)
     columns = [header.index(code) for code in LABELS]
     items: list[Item] = []
     issues = list(listing.issues)
@@ -512,14 +552,20 @@ def _scan_csv(csv_path: Path) -> tuple[list[Item], list[DatasetIssue]]:
     return items, issues
 
 
-def _scan_inference(path: Path) -> tuple[list[Item], list[DatasetIssue]]:
+def _scan_inference(path: Path, confine: Confine = _anywhere) -> tuple[list[Item], list[DatasetIssue]]:
     expected = "a folder of audio files, a CSV with a 'file' column, or one audio file"
     if not path.exists():
         raise DatasetError(f"inference:{path}: not found; expected {expected}")
     if path.is_dir():
-        return [Item(p) for p in _walk_audio(path)], []
+        items, issues = [], []
+        for p in _walk_audio(path):
+            if confine(p):
+                items.append(Item(p))
+            else:
+                issues.append(DatasetIssue(str(p), OUTSIDE_ROOT))
+        return items, issues
     if path.suffix.lower() == ".csv":
-        _, listing = _list_csv_files(path, "inference", [])
+        _, listing = _list_csv_files(path, "inference", [], confine)
         return [Item(audio) for _, audio, _ in listing.rows], listing.issues
     if is_audio_path(path):
         return [Item(path)], []
@@ -534,7 +580,9 @@ def openmic_audio_path(root: Path, sample_key: str) -> Path:
     return root / "audio" / sample_key[:3] / f"{sample_key}.ogg"
 
 
-def _scan_openmic(root: Path, threshold: float) -> tuple[list[Item], list[DatasetIssue]]:
+def _scan_openmic(
+    root: Path, threshold: float, confine: Confine = _anywhere
+) -> tuple[list[Item], list[DatasetIssue]]:
     expected = f"the OpenMIC-2018 folder holding {OPENMIC_LABELS_CSV} and audio/"
     _require_dir(root, "openmic", expected)
     labels_csv = root / OPENMIC_LABELS_CSV
@@ -558,6 +606,9 @@ def _scan_openmic(root: Path, threshold: float) -> tuple[list[Item], list[Datase
     left_out = 0
     for key in sorted(relevance):
         audio = openmic_audio_path(root, key)
+        if not confine(audio):
+            issues.append(DatasetIssue(str(audio), OUTSIDE_ROOT))
+            continue
         if not audio.is_file():
             issues.append(
                 DatasetIssue(
@@ -597,7 +648,7 @@ def _openmic_row_problem(cells: list[str], width: int, inst_col: int, rel_col: i
 
 
 # openmic is called directly by scan_dataset: it alone takes the relevance threshold.
-_SCANNERS: dict[str, Callable[[Path], tuple[list[Item], list[DatasetIssue]]]] = {
+_SCANNERS: dict[str, Callable[[Path, Confine], tuple[list[Item], list[DatasetIssue]]]] = {
     "irmastrain": _scan_irmastrain,
     "irmastest": _scan_irmastest,
     "csv": _scan_csv,

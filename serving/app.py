@@ -2,8 +2,15 @@
 
 State (model registry, decode thread pool, metrics) is created in the lifespan and reaches the
 handlers through dependency injection (``server``). Bad input never becomes a 500: domain errors map
-to 400/403/404/413/503 here, per-file problems become ``errors`` entries, and only a genuine bug
-reaches the catch-all handler, which logs the traceback and answers a plain 500.
+to 400/403/404/413/424/503 here, per-file problems become ``errors`` entries, streams end with a
+summary line that carries the error, and only a genuine bug reaches the catch-all handler, which
+logs the traceback and answers a plain 500.
+
+Admission, cheapest first (see DESIGN.md and :mod:`serving.pipeline`): the ``_admission``
+middleware turns away predict/test requests beyond ``--max-concurrent-requests`` before their body
+is read; Litestar enforces the body size and the multipart part count while parsing; handlers check
+the file/path/dataset counts; the pipeline checks headers, the decode budget and queue room before
+anything decodes.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.version import __version__
-from serving.batcher import QueueFull
+from serving.batcher import QueueFull, RequestTooLarge
 from serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from serving.pipeline import (
     DataRoots,
@@ -38,14 +45,16 @@ from serving.pipeline import (
     FileResult,
     InvalidPath,
     Job,
+    OverBudget,
     PathForbidden,
     Pipeline,
     ResponseMaps,
     dataset_jobs,
     iter_audio_jobs,
+    resolve_request_paths,
     thresholds_for,
 )
-from serving.registry import LoadedModel, ModelNotFound, ModelRegistry, ModelUnavailable
+from serving.registry import LoadedModel, ModelBroken, ModelNotFound, ModelRegistry, ModelUnavailable
 from serving.schemas import (
     HealthResponse,
     ModelInfo,
@@ -86,6 +95,18 @@ class ClientDisconnected(Exception):
     """The client went away while its request was queued; its windows have been dropped."""
 
 
+class TooMany(ValueError):
+    """More files, paths or datasets in one request than the server's limit (413)."""
+
+    def __init__(self, what: str, count: int, limit: int, flag: str) -> None:
+        super().__init__(f"{count} {what} in one request; the limit is {limit} ({flag}); split the request")
+        self.reason = what
+
+
+class InferenceFailed(RuntimeError):
+    """Every file of a request failed inside the model (a server fault, logged): 500."""
+
+
 def _server(state: State) -> Server:
     return state.server
 
@@ -104,6 +125,11 @@ async def _unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[
     watcher = asyncio.ensure_future(_until_disconnect(request.receive))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the handler itself is cancelled (e.g. shutdown timeout)
+        task.cancel()  # so the work leaves the batcher before use() lets it go
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise
     finally:
         watcher.cancel()
     if not task.done():
@@ -137,18 +163,34 @@ def _maps(loaded: LoadedModel, threshold: float | None, timeline: bool = False) 
 
 
 def _upload_keys(files: list[UploadFile]) -> list[str]:
-    """File names as response keys; repeated names get `` (2)``, `` (3)`` so no answer is lost."""
+    """File names as response keys, all distinct: a repeated name gets the first free `` (n)``."""
     keys: list[str] = []
-    seen: dict[str, int] = {}
+    used: set[str] = set()
     for i, upload in enumerate(files):
         name = upload.filename or f"file{i + 1}"
-        seen[name] = seen.get(name, 0) + 1
-        keys.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+        key, n = name, 1
+        while key in used:
+            n += 1
+            key = f"{name} ({n})"
+        used.add(key)
+        keys.append(key)
     return keys
 
 
-def _resolve_paths(server: Server, raw_paths: list[str]) -> list[Path]:
-    return [server.roots.resolve(raw) for raw in raw_paths]
+def _check_count(what: str, count: int, limit: int, flag: str) -> None:
+    if count > limit:
+        raise TooMany(what, count, limit, flag)
+
+
+async def _resolve_paths(server: Server, raw_paths: list[str]) -> list[Path]:
+    """Resolve and confine client paths off the event loop (a stat each; 1000 of them take ms)."""
+    _check_count("paths", len(raw_paths), server.settings.max_paths, "--max-paths")
+    return await asyncio.to_thread(resolve_request_paths, server.roots, raw_paths)
+
+
+def _check_inference(maps: ResponseMaps) -> None:
+    if maps.inference_failures and not maps.probabilities:
+        raise InferenceFailed(next(iter(maps.errors.values()), "inference failed"))
 
 
 def _directory_chunks(
@@ -200,15 +242,18 @@ async def predict(
     ] = None,
     timeline: Annotated[bool, Parameter(description="Add per-window probabilities")] = False,
 ) -> PredictResponse:
+    files = data.files if isinstance(data.files, list) else [data.files]
+    _check_count("files", len(files), server.settings.max_files, "--max-files")
     async with server.registry.use(model) as loaded:
-        keys = _upload_keys(data.files)
-        jobs = [Job(key, source=await upload.read()) for key, upload in zip(keys, data.files, strict=True)]
+        keys = _upload_keys(files)
+        jobs = [Job(key, source=await upload.read()) for key, upload in zip(keys, files, strict=True)]
         results = await _unless_disconnected(
             request, server.pipeline.predict(loaded, jobs, keep_windows=timeline)
         )
     maps = _maps(loaded, threshold, timeline)
     for result in results:
         maps.add(result)
+    _check_inference(maps)
     return PredictResponse(
         model=loaded.id,
         predictions=maps.predictions,
@@ -227,7 +272,7 @@ async def predict(
 async def predict_directory(
     request: Request[Any, Any, Any], server: NamedDependency[Server], data: JSONBody[PredictDirectoryRequest]
 ) -> PredictResponse:
-    resolved = _resolve_paths(server, data.paths)
+    resolved = await _resolve_paths(server, data.paths)
     async with server.registry.use(data.model) as loaded:
         maps = _maps(loaded, data.threshold, data.timeline)
 
@@ -237,6 +282,7 @@ async def predict_directory(
                     maps.add(result)
 
         await _unless_disconnected(request, run())
+    _check_inference(maps)
     return PredictResponse(
         model=loaded.id,
         predictions=maps.predictions,
@@ -256,30 +302,20 @@ async def predict_directory(
 async def predict_directory_stream(
     server: NamedDependency[Server], data: JSONBody[PredictDirectoryRequest]
 ) -> Stream:
-    await server.registry.get(data.model)  # unknown or broken model: 404/503 before the stream starts
-    resolved = _resolve_paths(server, data.paths)
+    await server.registry.get(data.model)  # unknown or broken model: 404/424/503 before the stream starts
+    resolved = await _resolve_paths(server, data.paths)
+    counts = _StreamCounts()
 
     async def lines() -> AsyncIterator[bytes]:
-        done = errors = 0
         async with server.registry.use(data.model) as loaded:
             async for chunk in _directory_chunks(server, loaded, resolved, data.timeline):
                 maps = _maps(loaded, data.threshold, data.timeline)
                 for result in chunk:
                     maps.add(result)
-                done += len(chunk)
-                errors += len(maps.errors)
-                yield _ndjson(
-                    StreamChunk(
-                        done=done,
-                        predictions=maps.predictions,
-                        probabilities=maps.probabilities,
-                        errors=maps.errors,
-                        timeline=maps.timeline if data.timeline else None,
-                    )
-                )
-        yield _ndjson(StreamSummary(model=data.model, n_files=done, n_errors=errors))
+                yield counts.chunk(maps, len(chunk), data.timeline)
+        yield _ndjson(StreamSummary(model=data.model, n_files=counts.done, n_errors=counts.errors))
 
-    return Stream(lines(), media_type=NDJSON)
+    return Stream(_summarised(server, data.model, lines(), counts), media_type=NDJSON)
 
 
 def _evaluation(server: Server, loaded: LoadedModel, data: TestDirectoryRequest) -> Evaluation:
@@ -300,6 +336,7 @@ def _evaluation(server: Server, loaded: LoadedModel, data: TestDirectoryRequest)
 async def test_directory(
     request: Request[Any, Any, Any], server: NamedDependency[Server], data: JSONBody[TestDirectoryRequest]
 ) -> TestDirectoryResponse:
+    _check_count("datasets", len(data.datasets), server.settings.max_datasets, "--max-datasets")
     async with server.registry.use(data.model) as loaded:
         jobs = await asyncio.to_thread(dataset_jobs, server.roots, data.datasets)
         maps = _maps(loaded, data.threshold)
@@ -314,6 +351,7 @@ async def test_directory(
                     evaluation.add(result)
 
         await _unless_disconnected(request, run())
+    _check_inference(maps)
     file_metrics, instrument_metrics = evaluation.metrics()
     return TestDirectoryResponse(
         model=loaded.id,
@@ -335,11 +373,12 @@ async def test_directory(
 async def test_directory_stream(
     server: NamedDependency[Server], data: JSONBody[TestDirectoryRequest]
 ) -> Stream:
-    await server.registry.get(data.model)  # unknown or broken model: 404/503 before the stream starts
+    _check_count("datasets", len(data.datasets), server.settings.max_datasets, "--max-datasets")
+    await server.registry.get(data.model)  # unknown or broken model: 404/424/503 before the stream starts
     jobs = await asyncio.to_thread(dataset_jobs, server.roots, data.datasets)
+    counts = _StreamCounts()
 
     async def lines() -> AsyncIterator[bytes]:
-        done = errors = 0
         async with server.registry.use(data.model) as loaded:
             evaluation = _evaluation(server, loaded, data)
             async for chunk in server.pipeline.predict_chunks(
@@ -349,31 +388,87 @@ async def test_directory_stream(
                 for result in chunk:
                     maps.add(result)
                     evaluation.add(result)
-                done += len(chunk)
-                errors += len(maps.errors)
-                yield _ndjson(
-                    StreamChunk(
-                        done=done,
-                        predictions=maps.predictions,
-                        probabilities=maps.probabilities,
-                        errors=maps.errors,
-                    )
-                )
+                yield counts.chunk(maps, len(chunk), timeline=False)
         file_metrics, instrument_metrics = evaluation.metrics()
         yield _ndjson(
             StreamSummary(
                 model=data.model,
-                n_files=done,
-                n_errors=errors,
+                n_files=counts.done,
+                n_errors=counts.errors,
                 metrics=file_metrics,
                 instrument_metrics=instrument_metrics,
             )
         )
 
-    return Stream(lines(), media_type=NDJSON)
+    return Stream(_summarised(server, data.model, lines(), counts), media_type=NDJSON)
+
+
+@dataclass
+class _StreamCounts:
+    done: int = 0
+    errors: int = 0
+
+    def chunk(self, maps: ResponseMaps, n_files: int, timeline: bool) -> bytes:
+        self.done += n_files
+        self.errors += len(maps.errors)
+        return _ndjson(
+            StreamChunk(
+                done=self.done,
+                predictions=maps.predictions,
+                probabilities=maps.probabilities,
+                errors=maps.errors,
+                timeline=maps.timeline if timeline else None,
+            )
+        )
+
+
+async def _summarised(
+    server: Server, model: str, lines: AsyncIterator[bytes], counts: _StreamCounts
+) -> AsyncIterator[bytes]:
+    """``lines``, and if they stop with an error, a summary line saying so: the status is already
+    200 and sent, so a well-formed last line is the only way left to tell the client."""
+    try:
+        async for line in lines:
+            yield line
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        status, detail = _status_of(exc)
+        if status == 500:
+            log.exception("stream for model %s failed", model)
+        yield _ndjson(
+            StreamSummary(
+                model=model,
+                n_files=counts.done,
+                n_errors=counts.errors,
+                error=server.roots.redact(detail),
+                status=status,
+            )
+        )
 
 
 # ---- errors ---------------------------------------------------------------------------------------------
+
+# Domain exceptions -> (status, rejection reason for the metrics or None).
+_STATUS: list[tuple[type[Exception], int, str | None]] = [
+    (ModelNotFound, 404, None),
+    (ModelBroken, 424, None),
+    (ModelUnavailable, 503, None),
+    (PathForbidden, 403, None),
+    (InvalidPath, 400, None),
+    (TooMany, 413, "count"),
+    (OverBudget, 413, "budget"),
+    (RequestTooLarge, 413, "too_large"),
+    (QueueFull, 503, "queue"),
+    (InferenceFailed, 500, None),
+]
+
+
+def _status_of(exc: Exception) -> tuple[int, str]:
+    for kind, status, _ in _STATUS:
+        if isinstance(exc, kind):
+            return status, str(exc)
+    return 500, "internal server error (logged on the server)"
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
@@ -385,7 +480,22 @@ def _not_found(_: Request[Any, Any, Any], exc: ModelNotFound) -> Response[dict[s
 
 
 def _unavailable(_: Request[Any, Any, Any], exc: ModelUnavailable) -> Response[dict[str, Any]]:
-    return _error(503, str(exc))
+    return _error(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+
+def _broken(_: Request[Any, Any, Any], exc: ModelBroken) -> Response[dict[str, Any]]:
+    return _error(424, f"{exc}; fix or replace the artifact (retrying will not help)")
+
+
+def _rejected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """413s of admission control, counted by reason (``TooMany`` carries files/paths/datasets)."""
+    reason = getattr(exc, "reason", None) or next(r for k, _, r in _STATUS if isinstance(exc, k))
+    request.app.state.server.metrics.reject(reason)
+    return _error(413, str(exc))
+
+
+def _inference_failed(_: Request[Any, Any, Any], exc: InferenceFailed) -> Response[dict[str, Any]]:
+    return _error(500, f"inference failed for every file of the request (logged on the server): {exc}")
 
 
 def _invalid_path(_: Request[Any, Any, Any], exc: InvalidPath) -> Response[dict[str, Any]]:
@@ -396,7 +506,8 @@ def _forbidden(_: Request[Any, Any, Any], exc: PathForbidden) -> Response[dict[s
     return _error(403, str(exc))
 
 
-def _queue_full(_: Request[Any, Any, Any], exc: QueueFull) -> Response[dict[str, Any]]:
+def _queue_full(request: Request[Any, Any, Any], exc: QueueFull) -> Response[dict[str, Any]]:
+    request.app.state.server.metrics.reject("queue")
     return _error(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
 
 
@@ -407,12 +518,18 @@ def _disconnected(_: Request[Any, Any, Any], exc: ClientDisconnected) -> Respons
 
 def _bug(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, HTTPException):  # Litestar's own 4xx (validation, 405, 413, ...) pass through
-        detail = exc.detail
-        if exc.status_code == 400 and not exc.extra and request.url.path == "/model/predict":
+        detail, status = exc.detail, exc.status_code
+        if status == 400 and detail == "Request Entity Too Large":  # the multipart part limit
+            status = 413
+            detail = f"too many multipart parts; at most {request.app.state.server.settings.max_files} files"
+            request.app.state.server.metrics.reject("parts")
+        elif status == 413:
+            request.app.state.server.metrics.reject("body_size")
+        elif status == 400 and not exc.extra and request.url.path == "/model/predict":
             detail += f"; {UPLOAD_HINT}"
         return Response(
-            {"status_code": exc.status_code, "detail": detail, **({"extra": exc.extra} if exc.extra else {})},
-            status_code=exc.status_code,
+            {"status_code": status, "detail": detail, **({"extra": exc.extra} if exc.extra else {})},
+            status_code=status,
             headers=exc.headers,
         )
     log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -450,6 +567,58 @@ def _request_metrics(metrics: ServerMetrics) -> Callable[[ASGIApp], ASGIApp]:
     return middleware
 
 
+EXPENSIVE_PREFIX = "/model/"
+
+
+def _admission(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp], ASGIApp]:
+    """Bound the predict/test requests in flight; the next one gets 503 before its body is read.
+
+    A body is the first expensive thing a request costs (upload, multipart parse), so this check
+    sits in front of Litestar's body handling. Status, metrics and docs endpoints are never limited.
+    """
+    limit = settings.max_concurrent_requests
+    in_flight = 0
+    body = msgspec.json.encode(
+        {
+            "status_code": 503,
+            "detail": f"server busy: {limit} requests in flight (--max-concurrent-requests); retry in 1 s",
+        }
+    )
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            nonlocal in_flight
+            if scope["type"] != "http" or not scope["path"].startswith(EXPENSIVE_PREFIX):
+                await app(scope, receive, send)
+                return
+            if in_flight >= limit:
+                metrics.reject("concurrency")
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 503,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", b"1"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+            in_flight += 1
+            metrics.in_flight.set(in_flight)
+            try:
+                await app(scope, receive, send)
+            finally:
+                in_flight -= 1
+                metrics.in_flight.set(in_flight)
+
+        return wrapped
+
+    return middleware
+
+
 def create_app(settings: Settings) -> Litestar:
     """A ready-to-serve app; models start loading in the lifespan, ``/ready`` says when they are warm."""
     settings.validate()
@@ -462,7 +631,13 @@ def create_app(settings: Settings) -> Litestar:
         app.state.server = Server(
             settings=settings,
             registry=registry,
-            pipeline=Pipeline(decode_pool, metrics, settings.max_audio_seconds),
+            pipeline=Pipeline(
+                decode_pool,
+                metrics,
+                settings.decode_limits,
+                request_budget_bytes=settings.max_request_bytes,
+                decode_concurrency=settings.decode_workers,
+            ),
             roots=DataRoots(settings.data_roots),
             metrics=metrics,
         )
@@ -487,17 +662,24 @@ def create_app(settings: Settings) -> Litestar:
         ],
         dependencies={"server": Provide(_server, sync_to_thread=False)},
         lifespan=[lifespan],
-        middleware=[_request_metrics(metrics)],
+        middleware=[_request_metrics(metrics), _admission(settings, metrics)],
         exception_handlers={
             ModelNotFound: _not_found,
             ModelUnavailable: _unavailable,
+            ModelBroken: _broken,
             PathForbidden: _forbidden,
             InvalidPath: _invalid_path,
+            TooMany: _rejected,
+            OverBudget: _rejected,
+            RequestTooLarge: _rejected,
             QueueFull: _queue_full,
+            InferenceFailed: _inference_failed,
             ClientDisconnected: _disconnected,
             Exception: _bug,
         },
         request_max_body_size=settings.max_upload_bytes,
+        # a few parts more than --max-files, so the handler can answer with the limit's name
+        multipart_form_part_limit=settings.max_files + 4,
         openapi_config=OpenAPIConfig(
             title="lumen-audio",
             version=__version__,

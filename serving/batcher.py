@@ -12,9 +12,18 @@ never blocks on ONNX Runtime (which releases the GIL). A batch starts when
   pure overhead), so this rule keeps the single-request path as fast as calling the model directly.
 
 Batches of one model run one at a time: while one computes, the next one fills, which is where the
-batching comes from under load. The queue is bounded in windows; a full queue raises
-:class:`QueueFull` (the app answers 503 + Retry-After) unless the caller chose to wait for room.
+batching comes from under load. The queue is bounded in windows. A request is admitted as a whole
+before it decodes anything: :meth:`Batcher.reserve` books all of its windows or none, so a
+multi-file upload never half-runs and then fails, and a full queue costs the client a header read,
+not a decode. An upload that could never fit (more windows than ``max_queue``) is
+:class:`RequestTooLarge` (413); one that does not fit now is :class:`QueueFull` (503 + Retry-After).
+Background work (directory jobs) waits for room instead, and only while the queue is less than
+half full, so a long directory job can never keep uploads at 503.
 A cancelled submit (client gone) removes its windows that have not started computing.
+
+The scheduler task is supervised: an unexpected error in it fails the requests of the batch it was
+forming or running, is counted (``scheduler_restart``), and the loop starts again, so one bug can
+never leave every later submit waiting forever.
 """
 
 from __future__ import annotations
@@ -46,6 +55,16 @@ class QueueFull(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class RequestTooLarge(ValueError):
+    """A request with more windows than the whole queue holds: it can never be admitted (413)."""
+
+    def __init__(self, name: str, windows: int, limit: int) -> None:
+        super().__init__(
+            f"the request needs {windows} windows but model {name!r} queues at most {limit}; "
+            "send fewer or shorter files per request"
+        )
+
+
 class BatcherClosed(RuntimeError):
     """Submit after :meth:`Batcher.close` finished."""
 
@@ -57,6 +76,12 @@ class BatchObserver(Protocol):
 
     def batch_done(self, model: str, size: int, seconds: float) -> None: ...
 
+    def batch_failed(self, model: str, size: int) -> None: ...
+
+    def queue_wait(self, model: str, seconds: float) -> None: ...
+
+    def scheduler_restart(self, model: str) -> None: ...
+
 
 class _NullObserver:
     def queue_depth(self, model: str, depth: int) -> None:
@@ -64,6 +89,50 @@ class _NullObserver:
 
     def batch_done(self, model: str, size: int, seconds: float) -> None:
         pass
+
+    def batch_failed(self, model: str, size: int) -> None:
+        pass
+
+    def queue_wait(self, model: str, seconds: float) -> None:
+        pass
+
+    def scheduler_restart(self, model: str) -> None:
+        pass
+
+
+class Reservation:
+    """Queue room booked by :meth:`Batcher.reserve` for one request; submits draw on it.
+
+    Leaving the ``with`` block returns what was not drawn (files that failed to decode, a request
+    that was cancelled), so booked room never leaks.
+    """
+
+    def __init__(self, batcher: Batcher, windows: int) -> None:
+        self._batcher = batcher
+        self.left = windows
+        batcher._reserved += windows
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def draw(self, windows: int) -> None:
+        taken = min(windows, self.left)
+        self.left -= taken
+        self._batcher._reserved -= taken
+
+    def give_back(self, windows: int) -> None:
+        """Return room booked for a file that will never submit (it failed to decode)."""
+        self.draw(windows)
+        self._batcher._room.set()
+
+    def release(self) -> None:
+        if self.left:
+            self._batcher._reserved -= self.left
+            self.left = 0
+            self._batcher._room.set()
 
 
 class _Request:
@@ -110,12 +179,14 @@ class Producer:
             self._batcher._wake.set()
             self._batcher._update_idle()
 
-    async def submit(self, windows: np.ndarray, *, wait_for_room: bool = False) -> np.ndarray:
+    async def submit(
+        self, windows: np.ndarray, *, wait_for_room: bool = False, reservation: Reservation | None = None
+    ) -> np.ndarray:
         batcher = self._batcher
         batcher._waiting_producers += 1
         batcher._wake.set()
         try:
-            return await batcher.submit(windows, wait_for_room=wait_for_room)
+            return await batcher.submit(windows, wait_for_room=wait_for_room, reservation=reservation)
         finally:
             batcher._waiting_producers -= 1
 
@@ -144,6 +215,8 @@ class Batcher:
         self._observer: BatchObserver = observer or _NullObserver()
         self._queue: deque[_Request] = deque()
         self._queued = 0  # windows not yet handed to a batch
+        self._reserved = 0  # windows admitted by reserve() but not submitted yet
+        self._current: list[tuple[_Request, int, int]] = []  # the batch being formed or run
         self._producers = 0
         self._waiting_producers = 0
         self._users = 0  # requests holding this batcher (see use()); close() waits for them
@@ -156,7 +229,7 @@ class Batcher:
         self._closing = False
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
-        self._task = asyncio.get_running_loop().create_task(self._schedule(), name=f"batcher-{name}")
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name=f"batcher-{name}")
 
     @property
     def queued(self) -> int:
@@ -178,27 +251,58 @@ class Batcher:
             self._users -= 1
             self._update_idle()
 
+    @property
+    def occupancy(self) -> int:
+        """Windows queued plus windows booked by admitted requests that have not submitted yet."""
+        return self._queued + self._reserved
+
+    async def reserve(self, windows: int, *, background: bool = False) -> Reservation:
+        """Book queue room for a whole request before it decodes (see the module docstring).
+
+        Foreground: :class:`RequestTooLarge` when ``windows`` exceeds ``max_queue``, :class:`QueueFull`
+        when it does not fit now. Background: waits until the queue is less than half full (or
+        empty, for a request larger than that), never failing for room.
+        """
+        if self._closed or self._closing:
+            raise BatcherClosed(f"model {self.name!r} was unloaded; retry the request")
+        if background:
+            limit = self.max_queue // 2
+            while self.occupancy and self.occupancy + windows > limit:
+                self._room.clear()
+                await self._room.wait()
+            return Reservation(self, windows)
+        if windows > self.max_queue:
+            raise RequestTooLarge(self.name, windows, self.max_queue)
+        if self.occupancy + windows > self.max_queue:
+            raise QueueFull(self.name, self.occupancy, self.max_queue, self._retry_after())
+        return Reservation(self, windows)
+
     def producer(self) -> Producer:
         """Register a file before its windows exist, so the scheduler knows more are coming."""
         return Producer(self)
 
-    async def submit(self, windows: np.ndarray, *, wait_for_room: bool = False) -> np.ndarray:
+    async def submit(
+        self, windows: np.ndarray, *, wait_for_room: bool = False, reservation: Reservation | None = None
+    ) -> np.ndarray:
         """Probabilities ``[n, labels]`` for ``windows`` ``[n, window]``, computed in shared batches.
 
-        A full queue raises :class:`QueueFull`, or with ``wait_for_room`` waits until there is room
-        (for long directory jobs that feed chunks and should slow down rather than fail). A request
-        larger than the whole queue is admitted into an empty queue, so it can always run.
+        With a ``reservation`` the room was booked already (:meth:`reserve`). Without one, a full
+        queue raises :class:`QueueFull`, or with ``wait_for_room`` waits until there is room; a
+        submit larger than the whole queue is admitted into an empty queue, so it can always run.
         """
         if self._closed:
             raise BatcherClosed(f"model {self.name!r} was unloaded; retry the request")
         n = int(windows.shape[0])
         if windows.ndim != 2 or n == 0:
             raise ValueError(f"expected [n >= 1, window] windows, got shape {windows.shape}")
-        while self._queued and self._queued + n > self.max_queue:
-            if not wait_for_room:
-                raise QueueFull(self.name, self._queued, self.max_queue, self._retry_after())
-            self._room.clear()
-            await self._room.wait()
+        if reservation is not None:
+            reservation.draw(n)
+        else:
+            while self.occupancy and self.occupancy + n > self.max_queue:
+                if not wait_for_room:
+                    raise QueueFull(self.name, self.occupancy, self.max_queue, self._retry_after())
+                self._room.clear()
+                await self._room.wait()
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         request = _Request(windows, future)
         self._queue.append(request)
@@ -223,7 +327,7 @@ class Batcher:
         self._update_idle()
 
     def _retry_after(self) -> int:
-        batches_ahead = math.ceil(self._queued / self.max_batch_size)
+        batches_ahead = math.ceil(self.occupancy / self.max_batch_size)
         return max(1, math.ceil(batches_ahead * self._batch_seconds))
 
     def _ready_to_run(self, now: float) -> bool:
@@ -232,6 +336,26 @@ class Batcher:
         if now - self._queue[0].enqueued_at >= self.max_delay_s:
             return True
         return self._producers > 0 and self._waiting_producers >= self._producers
+
+    async def _supervise(self) -> None:
+        """Run the scheduling loop; an unexpected error fails the current batch and restarts it."""
+        while True:
+            try:
+                await self._schedule()
+                return
+            except Exception as exc:
+                log.exception("model %r: batch scheduler failed; restarting it", self.name)
+                self._observer.scheduler_restart(self.name)
+                self._fail(self._current, RuntimeError(f"inference failed: scheduler error ({exc})"))
+                self._current = []
+                self._busy = False
+                self._update_idle()
+
+    def _fail(self, parts: list[tuple[_Request, int, int]], error: Exception) -> None:
+        for request, _, _ in parts:
+            if not request.future.done():
+                request.future.set_exception(error)
+            self._drop(request)
 
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
@@ -247,7 +371,7 @@ class Batcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            parts = self._take_batch()
+            parts = self._current = self._take_batch()
             batch = np.concatenate([r.windows[lo:hi] for r, lo, hi in parts])
             self._busy = True
             started = time.perf_counter()
@@ -255,10 +379,9 @@ class Batcher:
                 probs = await loop.run_in_executor(self._executor, self._run, batch)
             except Exception as exc:  # a failing model fails the requests in this batch, not the server
                 log.exception("model %r: inference failed for a batch of %d windows", self.name, len(batch))
-                for request, _, _ in parts:
-                    if not request.future.done():
-                        request.future.set_exception(RuntimeError(f"inference failed: {exc}"))
-                    self._drop(request)
+                self._observer.batch_failed(self.name, int(batch.shape[0]))
+                self._fail(parts, RuntimeError(f"inference failed: {exc}"))
+                self._current = []
                 continue
             finally:
                 self._busy = False
@@ -268,14 +391,18 @@ class Batcher:
             )
             self._observer.batch_done(self.name, int(batch.shape[0]), elapsed)
             self._deliver(parts, probs)
+            self._current = []
 
     def _take_batch(self) -> list[tuple[_Request, int, int]]:
         """Up to ``max_batch_size`` rows from the front of the queue, oldest first."""
         parts: list[tuple[_Request, int, int]] = []
         room = self.max_batch_size
+        now = time.monotonic()
         while room and self._queue:
             request = self._queue[0]
             lo = request.taken
+            if lo == 0:
+                self._observer.queue_wait(self.name, now - request.enqueued_at)
             hi = min(request.windows.shape[0], lo + room)
             parts.append((request, lo, hi))
             request.taken = hi

@@ -84,6 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger request bodies get 413")
     p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longer files get a per-file error")
+    limits = p.add_argument_group("admission limits (see README: Threat model and limits)")
+    limits.add_argument("--max-files", type=int, default=64, help="files per upload request (more: 413)")
+    limits.add_argument(
+        "--max-paths", type=int, default=1000, help="paths per predict-directory request (more: 413)"
+    )
+    limits.add_argument(
+        "--max-datasets", type=int, default=16, help="datasets per test-directory request (more: 413)"
+    )
+    limits.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=512.0,
+        help="decoded-size budget of one request (decode + resample + windows, float32); "
+        "a file over it gets a per-file error, an upload over it 413",
+    )
+    limits.add_argument("--max-channels", type=int, default=8, help="files with more channels are refused")
+    limits.add_argument(
+        "--max-sample-rate", type=int, default=192_000, help="files at a higher rate are refused"
+    )
+    limits.add_argument("--min-sample-rate", type=int, default=1000, help="files at a lower rate are refused")
+    limits.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=64,
+        help="predict/test requests served at once; more get 503 + Retry-After before the body is read",
+    )
     p.add_argument(
         "--add-instrument-metrics",
         action="store_true",

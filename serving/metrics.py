@@ -1,12 +1,24 @@
 """Prometheus metrics of one app, in its own CollectorRegistry (two apps in one process never collide).
 
 Queue and compute are measured separately (as Triton does): queue depth and batch size tell whether
-the batcher is coalescing; inference latency is the model alone; request latency is what clients see.
+the batcher is coalescing; queue wait is how long a request's first window waited for a batch;
+inference latency is the model alone; request latency is what clients see. Rejections are counted
+by reason (``lumen_rejected_requests_total{reason}``: body_size, parts, paths, datasets, budget,
+too_large, queue, concurrency; ``lumen_rejected_files_total{reason}``: format, limit, invalid,
+budget), and the standard process collectors export RSS and CPU seconds.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServerMetrics"]
@@ -54,6 +66,42 @@ class ServerMetrics:
         self.decode_errors = Counter(
             "lumen_decode_errors", "Files that could not be decoded", ["model"], registry=self.registry
         )
+        self.rejected_requests = Counter(
+            "lumen_rejected_requests",
+            "Requests refused by admission control, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.rejected_files = Counter(
+            "lumen_rejected_files",
+            "Files refused before or during decoding, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.inference_failures = Counter(
+            "lumen_inference_failures",
+            "Batches whose inference raised (their requests got per-file errors)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue_wait_time = Histogram(
+            "lumen_queue_wait_seconds",
+            "Time a request's windows waited in the queue before their first batch started",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.scheduler_restarts = Counter(
+            "lumen_scheduler_restarts",
+            "Batch scheduler loops restarted after an unexpected error",
+            ["model"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "lumen_requests_in_flight", "Expensive requests being served now", registry=self.registry
+        )
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     # BatchObserver
     def queue_depth(self, model: str, depth: int) -> None:
@@ -63,6 +111,18 @@ class ServerMetrics:
         self.batch_size.labels(model).observe(size)
         self.inference_latency.labels(model).observe(seconds)
         self.windows.labels(model).inc(size)
+
+    def batch_failed(self, model: str, size: int) -> None:
+        self.inference_failures.labels(model).inc()
+
+    def queue_wait(self, model: str, seconds: float) -> None:
+        self.queue_wait_time.labels(model).observe(seconds)
+
+    def scheduler_restart(self, model: str) -> None:
+        self.scheduler_restarts.labels(model).inc()
+
+    def reject(self, reason: str) -> None:
+        self.rejected_requests.labels(reason).inc()
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()

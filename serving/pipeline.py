@@ -1,10 +1,19 @@
 """File -> windows -> batcher -> per-file aggregation -> thresholds: the one path every endpoint uses.
 
+Admission runs cheapest first (see DESIGN.md): the app has already checked body size and counts;
+here every file's header is probed (``soundfile`` reads a few bytes, in the decode pool) against
+the format allow-list and :class:`common.audio.DecodeLimits`; each file is priced in bytes (its
+decode, resample and windows, see :func:`file_cost`) against the per-request budget
+(``--max-request-mb``), and the whole request books its windows in the batcher at once
+(:meth:`serving.batcher.Batcher.reserve`). Only then does anything decode, block-wise, at most
+``decode_workers`` files of one request at a time so a 64-file upload cannot queue 64 decodes ahead
+of everyone else.
+
 Decoding and resampling run in a thread pool (libsndfile and soxr release the GIL), never on the
 event loop. Each file registers as a batcher producer *before* it decodes, so the batcher knows more
 windows are on the way (see :mod:`serving.batcher`). Per-file problems (corrupt, empty, too long,
-outside the data root) become error entries; only a full queue fails a whole upload request.
-Directory jobs run in bounded chunks of files, so a 100k-file directory never sits in memory.
+outside the data root) become error entries. Directory jobs run in bounded chunks of files, split
+further so that each chunk fits the budget, so a 100k-file directory never sits in memory.
 For test-directory, :class:`Evaluation` keeps only file-level labels and probabilities (11 floats
 each) for :func:`common.metrics.compute_metrics`, the same metrics ``lumen-test`` reports.
 """
@@ -14,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -24,17 +34,30 @@ import msgspec
 import numpy as np
 
 from common.artifact import ArtifactMetadata
-from common.audio import AudioError, Windows, aggregate, is_audio_path, load_audio, split_windows
+from common.audio import (
+    MIB,
+    AudioError,
+    AudioInfo,
+    DecodeLimits,
+    Windows,
+    aggregate,
+    is_audio_path,
+    load_audio,
+    probe,
+    split_windows,
+    window_count,
+)
 from common.datasets import DatasetError, DatasetSpec, scan_dataset
 from common.labels import index_of
 from common.metrics import compute_metrics
-from serving.batcher import BatcherClosed, Producer, QueueFull
+from serving.batcher import BatcherClosed, Producer, Reservation
 from serving.evaluation import normalize_audio
 from serving.metrics import ServerMetrics
 from serving.registry import LoadedModel
 from serving.schemas import DatasetRef, FileMetrics, InstrumentMetrics, TimelineWindow
 
 PROB_DECIMALS = 6
+INFERENCE_FAILED = "inference failed"
 
 AudioInput = bytes | Path
 
@@ -45,6 +68,10 @@ class PathForbidden(Exception):
 
 class InvalidPath(ValueError):
     """A requested path the file system cannot even look up (NUL byte, name too long, symlink loop)."""
+
+
+class OverBudget(ValueError):
+    """An upload whose files together need more memory to decode than one request may use (413)."""
 
 
 @dataclass(frozen=True)
@@ -65,86 +92,174 @@ class FileResult:
     windows: Windows | None = None
     window_probs: np.ndarray | None = None
     labels: np.ndarray | None = None
+    inference_failed: bool = False
 
 
-def decode_windows(source: AudioInput, key: str, meta: ArtifactMetadata, max_seconds: float) -> Windows:
+@dataclass(frozen=True)
+class _Admitted:
+    """A job whose header passed: its price in bytes and windows."""
+
+    job: Job
+    cost: int
+    windows: int
+
+
+def file_cost(info: AudioInfo, meta: ArtifactMetadata) -> tuple[int, int]:
+    """``(bytes, windows)`` one file needs: mono decode at its rate, resampled copy + normalised
+    copy at the model's rate, and the window matrix (float32 each)."""
+    out_frames = math.ceil(info.frames * meta.sample_rate / info.sample_rate)
+    windows = window_count(out_frames, meta.window_samples, meta.hop_samples)
+    return 4 * (info.frames + 2 * out_frames + windows * meta.window_samples), windows
+
+
+def decode_windows(
+    source: AudioInput, key: str, meta: ArtifactMetadata, limits: DecodeLimits | float
+) -> Windows:
     """Exactly what ``lumen-test`` does to a file (same rate, normalisation, windows), so answers agree."""
-    audio = load_audio(
-        source, meta.sample_rate, name=key, normalize=normalize_audio(meta), max_seconds=max_seconds
-    )
+    if not isinstance(limits, DecodeLimits):  # a bare number is max_seconds (lumen-test, older callers)
+        limits = DecodeLimits(max_seconds=limits)
+    audio = load_audio(source, meta.sample_rate, name=key, normalize=normalize_audio(meta), limits=limits)
     return split_windows(audio, meta.window_samples, meta.hop_samples)
 
 
 class Pipeline:
-    def __init__(self, decode_pool: Executor, metrics: ServerMetrics, max_audio_seconds: float) -> None:
+    def __init__(
+        self,
+        decode_pool: Executor,
+        metrics: ServerMetrics,
+        limits: DecodeLimits | float,
+        *,
+        request_budget_bytes: int | None = None,
+        decode_concurrency: int = 4,
+    ) -> None:
+        if not isinstance(limits, DecodeLimits):
+            limits = DecodeLimits(max_seconds=limits)
         self.decode_pool = decode_pool
         self.metrics = metrics
-        self.max_audio_seconds = max_audio_seconds
+        self.limits = limits
+        self.budget = request_budget_bytes
+        self.decode_concurrency = max(1, decode_concurrency)
 
-    async def _predict_file(
-        self, loaded: LoadedModel, job: Job, producer: Producer, *, wait_for_room: bool, keep_windows: bool
-    ) -> FileResult:
-        with producer:  # withdrawn as soon as this file is done, whatever the outcome
-            return await self._predict_registered(loaded, job, producer, wait_for_room, keep_windows)
+    # ---- admission -----------------------------------------------------------------------------------
 
-    async def _predict_registered(
-        self, loaded: LoadedModel, job: Job, producer: Producer, wait_for_room: bool, keep_windows: bool
-    ) -> FileResult:
+    def _file_error(self, loaded: LoadedModel, job: Job, exc: Exception) -> FileResult:
+        if isinstance(exc, AudioError):
+            kind, reason = exc.kind, exc.reason
+        else:
+            kind, reason = "invalid", f"cannot read file ({getattr(exc, 'strerror', None) or exc})"
+        self.metrics.decode_errors.labels(loaded.id).inc()
+        self.metrics.rejected_files.labels(kind).inc()
+        return FileResult(job.key, error=reason, labels=job.labels)
+
+    async def _price(self, loaded: LoadedModel, job: Job, gate: asyncio.Semaphore) -> _Admitted | FileResult:
+        """The job's header, probed in the decode pool and priced; a per-file error if it fails."""
         if job.error is not None or job.source is None:
             return FileResult(job.key, error=job.error or "no input", labels=job.labels)
-        meta = loaded.model.metadata
-        loop = asyncio.get_running_loop()
-        try:
-            windows = await loop.run_in_executor(
-                self.decode_pool, decode_windows, job.source, job.key, meta, self.max_audio_seconds
+        async with gate:
+            try:
+                info = await asyncio.get_running_loop().run_in_executor(
+                    self.decode_pool, lambda: probe(job.source, name=job.key, limits=self.limits)
+                )
+            except (AudioError, OSError) as exc:
+                return self._file_error(loaded, job, exc)
+        cost, windows = file_cost(info, loaded.model.metadata)
+        if self.budget is not None and cost > self.budget:
+            self.metrics.rejected_files.labels("budget").inc()
+            return FileResult(
+                job.key,
+                error=f"needs {cost / MIB:.0f} MiB to decode; one request may use "
+                f"{self.budget / MIB:.0f} MiB (--max-request-mb)",
+                labels=job.labels,
             )
-        except (AudioError, OSError) as exc:
-            self.metrics.decode_errors.labels(loaded.id).inc()
-            reason = (
-                exc.reason if isinstance(exc, AudioError) else f"cannot read file ({exc.strerror or exc})"
+        return _Admitted(job, cost, windows)
+
+    # ---- running admitted files ----------------------------------------------------------------------
+
+    async def _predict_file(
+        self,
+        loaded: LoadedModel,
+        item: _Admitted,
+        producer: Producer,
+        reservation: Reservation,
+        gate: asyncio.Semaphore,
+        keep_windows: bool,
+    ) -> FileResult:
+        with producer:  # withdrawn as soon as this file is done, whatever the outcome
+            job = item.job
+            meta = loaded.model.metadata
+            async with gate:
+                try:
+                    windows = await asyncio.get_running_loop().run_in_executor(
+                        self.decode_pool, decode_windows, job.source, job.key, meta, self.limits
+                    )
+                except (AudioError, OSError) as exc:
+                    reservation.give_back(item.windows)
+                    return self._file_error(loaded, job, exc)
+            try:
+                window_probs = await producer.submit(windows.audio, reservation=reservation)
+            except BatcherClosed as exc:  # the model was removed while this request ran
+                return FileResult(job.key, error=str(exc), labels=job.labels)
+            except RuntimeError as exc:  # inference failed (logged and counted by the batcher)
+                return FileResult(job.key, error=str(exc), labels=job.labels, inference_failed=True)
+            probs = aggregate(window_probs, meta.aggregation, valid=windows.valid)
+            return FileResult(
+                job.key,
+                probs=probs,
+                windows=windows if keep_windows else None,
+                window_probs=window_probs if keep_windows else None,
+                labels=job.labels,
             )
-            return FileResult(job.key, error=reason, labels=job.labels)
-        try:
-            window_probs = await producer.submit(windows.audio, wait_for_room=wait_for_room)
-        except QueueFull:
-            raise
-        except (RuntimeError, BatcherClosed) as exc:  # inference failed, or the model was removed
-            return FileResult(job.key, error=str(exc), labels=job.labels)
-        probs = aggregate(window_probs, meta.aggregation, valid=windows.valid)
-        return FileResult(
-            job.key,
-            probs=probs,
-            windows=windows if keep_windows else None,
-            window_probs=window_probs if keep_windows else None,
-            labels=job.labels,
-        )
+
+    async def _run(
+        self, loaded: LoadedModel, admitted: list[_Admitted], background: bool, keep_windows: bool
+    ) -> list[FileResult]:
+        """All of ``admitted`` as one admission: reserve every window, then decode and submit."""
+        if not admitted:
+            return []
+        gate = asyncio.Semaphore(self.decode_concurrency)
+        reservation = await loaded.batcher.reserve(sum(a.windows for a in admitted), background=background)
+        with reservation, contextlib.ExitStack() as stack:  # producers registered before any decode
+            producers = [stack.enter_context(loaded.batcher.producer()) for _ in admitted]
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        self._predict_file(loaded, item, producer, reservation, gate, keep_windows)
+                    )
+                    for item, producer in zip(admitted, producers, strict=True)
+                ]
+        return [task.result() for task in tasks]
 
     async def predict(
         self,
         loaded: LoadedModel,
         jobs: Sequence[Job],
         *,
-        wait_for_room: bool = False,
+        background: bool = False,
         keep_windows: bool = False,
     ) -> list[FileResult]:
-        """Results in job order. :class:`QueueFull` cancels the other files and propagates."""
-        with (
-            contextlib.ExitStack() as stack
-        ):  # all files registered before any decodes; closing is idempotent
-            producers = [stack.enter_context(loaded.batcher.producer()) for _ in jobs]
-            try:
-                async with asyncio.TaskGroup() as group:
-                    tasks = [
-                        group.create_task(
-                            self._predict_file(
-                                loaded, job, producer, wait_for_room=wait_for_room, keep_windows=keep_windows
-                            )
-                        )
-                        for job, producer in zip(jobs, producers, strict=True)
-                    ]
-            except* QueueFull as group_error:
-                raise group_error.exceptions[0] from None
-        return [task.result() for task in tasks]
+        """Results in job order.
+
+        Foreground (uploads): the request is admitted whole or not at all: :class:`OverBudget`,
+        :class:`serving.batcher.RequestTooLarge` or :class:`serving.batcher.QueueFull` propagate
+        before anything decodes. Background (directory chunks): split into groups that each fit the
+        budget and wait for queue room instead of failing.
+        """
+        gate = asyncio.Semaphore(self.decode_concurrency)
+        priced = await asyncio.gather(*(self._price(loaded, job, gate) for job in jobs))
+        admitted = [p for p in priced if isinstance(p, _Admitted)]
+        total = sum(a.cost for a in admitted)
+        if not background and self.budget is not None and total > self.budget:
+            raise OverBudget(
+                f"the {len(admitted)} files of this request need {total / MIB:.0f} MiB to decode; one "
+                f"request may use {self.budget / MIB:.0f} MiB (--max-request-mb); send fewer files per request"
+            )
+        results: dict[int, FileResult] = {}
+        for groups in _budget_groups(admitted, self.budget if background else None):
+            for item, result in zip(
+                groups, await self._run(loaded, groups, background, keep_windows), strict=True
+            ):
+                results[id(item)] = result
+        return [results[id(p)] if isinstance(p, _Admitted) else p for p in priced]
 
     async def predict_chunks(
         self, loaded: LoadedModel, jobs: Iterable[Job], chunk_files: int, *, keep_windows: bool = False
@@ -155,7 +270,25 @@ class Pipeline:
         """
         source = iter(jobs)
         while chunk := await asyncio.to_thread(lambda: list(itertools.islice(source, chunk_files))):
-            yield await self.predict(loaded, chunk, wait_for_room=True, keep_windows=keep_windows)
+            yield await self.predict(loaded, chunk, background=True, keep_windows=keep_windows)
+
+
+def _budget_groups(admitted: list[_Admitted], budget: int | None) -> Iterator[list[_Admitted]]:
+    """Consecutive groups whose summed cost stays within ``budget`` (one group when there is none)."""
+    if budget is None:
+        if admitted:
+            yield admitted
+        return
+    group: list[_Admitted] = []
+    used = 0
+    for item in admitted:
+        if group and used + item.cost > budget:
+            yield group
+            group, used = [], 0
+        group.append(item)
+        used += item.cost
+    if group:
+        yield group
 
 
 # ---- results -> response maps ------------------------------------------------------------------------
@@ -168,7 +301,12 @@ def thresholds_for(meta: ArtifactMetadata, override: float | None) -> np.ndarray
 
 @dataclass
 class ResponseMaps:
-    """The dictionaries every predict/test response is made of, filled result by result."""
+    """The dictionaries every predict/test response is made of, filled result by result.
+
+    Every file gets its own key: a key already answered gets `` (2)``, `` (3)``, ... (two roots
+    holding the same relative path, say). Only errors of one source (several bad rows of one CSV)
+    are joined under one key.
+    """
 
     labels: list[str]
     thresholds: np.ndarray
@@ -180,20 +318,37 @@ class ResponseMaps:
         self.probabilities: dict[str, dict[str, float]] = {}
         self.errors: dict[str, str] = {}
         self.timeline: dict[str, list[TimelineWindow]] = {}
+        self.inference_failures = 0
+
+    def _taken(self, key: str) -> bool:
+        return key in self.probabilities or key in self.errors
+
+    def _unique(self, key: str) -> str:
+        if not self._taken(key):
+            return key
+        n = 2
+        while self._taken(f"{key} ({n})"):
+            n += 1
+        return f"{key} ({n})"
 
     def add(self, result: FileResult) -> None:
         if result.probs is None:
             error = result.error or "unknown error"
+            self.inference_failures += result.inference_failed
             earlier = self.errors.get(result.key)  # e.g. several bad rows of one CSV
-            self.errors[result.key] = f"{earlier}; {error}" if earlier else error
+            if earlier is not None and result.key not in self.probabilities:
+                self.errors[result.key] = f"{earlier}; {error}"
+            else:
+                self.errors[self._unique(result.key)] = error
             return
-        self.probabilities[result.key] = self._probs(result.probs)
-        self.predictions[result.key] = {
+        key = self._unique(result.key)
+        self.probabilities[key] = self._probs(result.probs)
+        self.predictions[key] = {
             code: int(p >= t) for code, p, t in zip(self.labels, result.probs, self.thresholds, strict=True)
         }
         if self.timeline_on and result.windows is not None and result.window_probs is not None:
             sr = self.sample_rate
-            self.timeline[result.key] = [
+            self.timeline[key] = [
                 TimelineWindow(
                     start=round(int(s) / sr, 4), end=round(int(s + v) / sr, 4), probabilities=self._probs(p)
                 )
@@ -208,15 +363,43 @@ class ResponseMaps:
 
 # ---- server paths --------------------------------------------------------------------------------------
 
+OUTSIDE_KEY = "<outside the data root>"
+
+
+def _real(path: Path | str) -> Path:
+    """``os.path.realpath`` as a Path: resolves symlinks, never raises (a loop stays unresolved)."""
+    return Path(os.path.realpath(path))
+
 
 class DataRoots:
-    """The directories directory endpoints may read; every path is checked after resolving symlinks."""
+    """The directories directory endpoints may read; every path is checked after resolving symlinks.
+
+    Nothing about a path outside the roots reaches a client: not its content, not whether it exists,
+    not its absolute name. Keys are relative to the root a file lies in (prefixed with the root's
+    name when there are several), and :meth:`redact` rewrites absolute root paths in messages.
+    """
 
     def __init__(self, roots: Iterable[Path]) -> None:
-        self.roots = [Path(r).resolve() for r in roots]
+        self.roots = [_real(r) for r in roots]
+        names: list[str] = []
+        for root in self.roots:
+            name = root.name or "root"
+            names.append(name if name not in names else f"{name}-{len(names) + 1}")
+        self.names = names
 
-    def _root_of(self, resolved: Path) -> Path | None:
-        return next((root for root in self.roots if resolved.is_relative_to(root)), None)
+    @property
+    def described(self) -> str:
+        return ", ".join(self.names)
+
+    def _root_index(self, resolved: Path) -> int | None:
+        return next((i for i, root in enumerate(self.roots) if resolved.is_relative_to(root)), None)
+
+    def contains(self, path: Path) -> bool:
+        """True when ``path``, with every symlink resolved, lies in a root (never raises)."""
+        try:
+            return self._root_index(_real(path)) is not None
+        except (OSError, ValueError):
+            return False
 
     def resolve(self, raw: str) -> Path:
         """A client path (relative to a data root, or absolute) -> resolved path, or PathForbidden."""
@@ -227,32 +410,58 @@ class DataRoots:
         try:
             for option in options:
                 resolved = option.resolve()
-                if self._root_of(resolved) is None:
+                if self._root_index(resolved) is None:
                     raise PathForbidden(
-                        f"path {raw!r} is outside the data root ({', '.join(map(str, self.roots))}); "
+                        f"path {raw!r} is outside the data root ({self.described}); "
                         "only files below --data-root can be read"
                     )
                 if resolved.exists():
                     return resolved
             return options[0].resolve()
         except (OSError, RuntimeError) as exc:  # ENAMETOOLONG, ELOOP (RuntimeError on Python 3.11)
-            raise InvalidPath(f"path {raw!r} cannot be looked up: {exc}") from None
+            raise InvalidPath(f"path {raw!r} cannot be looked up: {exc.strerror or exc}") from None
 
     def key(self, path: Path) -> str:
-        """Response key: the path relative to the data root it lies in (posix), else the path itself."""
+        """Response key: the path relative to the root it lies in (lexically), posix.
+
+        A path outside every root (a CSV row ``../../etc/x.wav``) becomes ``<outside the data
+        root>/x.wav``: the client wrote that name itself, the server's layout stays hidden.
+        """
         path = Path(os.path.normpath(path))
-        root = self._root_of(path)
-        return path.relative_to(root).as_posix() if root is not None else str(path)
+        index = self._root_index(path)
+        if index is None:
+            return f"{OUTSIDE_KEY}/{path.name}"
+        rel = path.relative_to(self.roots[index]).as_posix()
+        return f"{self.names[index]}/{rel}" if len(self.roots) > 1 else rel
+
+    def redact(self, text: str) -> str:
+        """``text`` with every absolute root path replaced by the root's name (or removed)."""
+        for root, name in zip(self.roots, self.names, strict=True):
+            prefix = str(root)
+            text = text.replace(prefix + os.sep, f"{name}/" if len(self.roots) > 1 else "")
+            text = text.replace(prefix, name)
+        return text
 
     def check(self, path: Path) -> tuple[str, str | None]:
         """``(key, error)`` for a file met while walking or listed in a CSV: it must stay in the roots."""
-        try:
-            resolved = path.resolve()
-        except (OSError, RuntimeError) as exc:  # symlink loop (RuntimeError on Python 3.11)
-            return self.key(path), f"cannot be looked up: {exc}"
-        if self._root_of(resolved) is None:
+        if not self.contains(path):
             return self.key(path), "resolves outside --data-root; skipped"
         return self.key(path), None
+
+
+def resolve_request_paths(roots: DataRoots, raw_paths: Sequence[str]) -> list[Path]:
+    """Resolve and confine every client path (blocking: stats; run it off the event loop).
+
+    The first bad path raises (PathForbidden/InvalidPath); a path named twice counts once.
+    """
+    seen: set[Path] = set()
+    resolved: list[Path] = []
+    for raw in raw_paths:
+        path = roots.resolve(raw)
+        if path not in seen:
+            seen.add(path)
+            resolved.append(path)
+    return resolved
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -265,7 +474,11 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 def iter_audio_jobs(roots: DataRoots, resolved: list[Path]) -> Iterator[Job]:
-    """Jobs for resolved request paths: folders (walked lazily), audio files, or CSVs with a ``file`` column."""
+    """Jobs for resolved request paths: folders (walked lazily), audio files, or CSVs with a ``file`` column.
+
+    A file reached twice (a folder and a file inside it, two CSV rows naming it) is answered once.
+    """
+    seen: set[str] = set()
     for path in resolved:
         if path.is_dir():
             files: Iterable[Path] = _walk(path)
@@ -274,11 +487,11 @@ def iter_audio_jobs(roots: DataRoots, resolved: list[Path]) -> Iterator[Job]:
             continue
         elif path.suffix.lower() == ".csv":
             try:
-                items, issues = scan_dataset(DatasetSpec("inference", path))
+                items, issues = scan_dataset(DatasetSpec("inference", path), confine=roots.contains)
             except DatasetError as exc:
-                yield Job(roots.key(path), error=str(exc))
+                yield Job(roots.key(path), error=roots.redact(str(exc)))
                 continue
-            yield from (Job(roots.key(Path(issue.path).resolve()), error=issue.error) for issue in issues)
+            yield from (Job(roots.key(Path(issue.path)), error=roots.redact(issue.error)) for issue in issues)
             files = (item.path for item in items)
         elif is_audio_path(path):
             files = [path]
@@ -287,7 +500,14 @@ def iter_audio_jobs(roots: DataRoots, resolved: list[Path]) -> Iterator[Job]:
             continue
         for file in files:
             key, error = roots.check(file)
-            yield Job(key, error=error) if error else Job(key, source=file)
+            if error:
+                yield Job(key, error=error)
+                continue
+            real = os.path.realpath(file)
+            if real in seen:
+                continue
+            seen.add(real)
+            yield Job(key, source=file)
 
 
 # ---- evaluation (test-directory) -------------------------------------------------------------------------
@@ -329,8 +549,8 @@ class Evaluation:
 def dataset_jobs(roots: DataRoots, refs: list[DatasetRef]) -> list[Job]:
     """Labelled jobs of every dataset (blocking: scans folders); problems become error jobs.
 
-    A dataset outside the roots is refused as a whole (PathForbidden); files a CSV lists outside
-    them are refused one by one.
+    A dataset outside the roots is refused as a whole (PathForbidden); anything a scanner derives
+    (class folders, sidecar ``.txt``, CSV rows) is confined before it is touched.
     """
     jobs: list[Job] = []
     for ref in refs:
@@ -339,11 +559,11 @@ def dataset_jobs(roots: DataRoots, refs: list[DatasetRef]) -> list[Job]:
             jobs.append(Job(roots.key(root), error="dataset path not found"))
             continue
         try:
-            items, issues = scan_dataset(DatasetSpec(ref.dataset_type, root))
+            items, issues = scan_dataset(DatasetSpec(ref.dataset_type, root), confine=roots.contains)
         except DatasetError as exc:
-            jobs.append(Job(roots.key(root), error=str(exc)))
+            jobs.append(Job(roots.key(root), error=roots.redact(str(exc))))
             continue
-        jobs.extend(Job(roots.key(Path(issue.path)), error=issue.error) for issue in issues)
+        jobs.extend(Job(roots.key(Path(issue.path)), error=roots.redact(issue.error)) for issue in issues)
         for item in items:
             key, error = roots.check(item.path)
             jobs.append(Job(key, source=None if error else item.path, error=error, labels=item.labels))

@@ -3,7 +3,11 @@
 A model id is the artifact's path relative to the model directory (``demo/tiny.onnx``); ids are
 looked up in the scanned table only, so a request can never name a file outside the directory.
 A broken artifact is an entry with an ``error`` (shown by ``GET /models``), never an exception that
-stops the server. With hot reload the directory is polled by mtime: a new or replaced file is loaded
+stops the server: *every* exception at load or warm-up (ORT's ``Fail``/``InvalidArgument``, a CUDA
+out-of-memory) is caught per model, so the good models beside a bad one still load. Failures are
+classified: a permanent one (the file is not a valid artifact) answers :class:`ModelBroken` (424, do
+not retry) until the file changes; a transient one (out of memory, a device error) answers
+:class:`ModelUnavailable` (503 + Retry-After) and is retried with exponential backoff. With hot reload the directory is polled by mtime: a new or replaced file is loaded
 beside the old one, swapped in once warm, and the old batcher drains its in-flight requests before
 it stops, so a reload drops nothing. A file still being copied (size or mtime changed since the last
 poll) is left alone until it is stable.
@@ -14,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.artifact import ArtifactError
 from serving.batcher import Batcher, BatchObserver
 from serving.runtime import OnnxModel
 from serving.settings import Settings
@@ -35,7 +41,34 @@ class ModelNotFound(LookupError):
 
 
 class ModelUnavailable(RuntimeError):
-    """The artifact exists but failed to load; the message carries the load error."""
+    """The model cannot serve now but may soon (loading, or a transient load failure): 503."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelBroken(RuntimeError):
+    """The artifact failed to load for a reason retrying cannot fix (until the file changes): 424."""
+
+
+# Load failures that a retry may cure: memory and device trouble, not a malformed file.
+_TRANSIENT = re.compile(
+    r"out of memory|\boom\b|cuda|cudnn|cublas|resource exhausted|temporarily unavailable|"
+    r"too many open files|no space left",
+    re.IGNORECASE,
+)
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 300.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for load failures worth retrying (memory, device, OS resource limits)."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | IsADirectoryError):
+        return True
+    return bool(_TRANSIENT.search(str(exc)))
 
 
 @dataclass(frozen=True)
@@ -52,7 +85,30 @@ class ModelEntry:
     stamp: tuple[int, int]
     loaded: LoadedModel | None = None
     error: str | None = None
+    transient: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+    """Monotonic time before which a failed load is not retried."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def fail(self, exc: BaseException, stamp: tuple[int, int]) -> None:
+        self.error = str(exc) or type(exc).__name__
+        self.transient = is_transient(exc)
+        self.failures += 1
+        self.stamp = stamp
+        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (self.failures - 1))
+        self.retry_at = time.monotonic() + delay
+
+    def may_retry(self) -> bool:
+        """A failed load is retried after its backoff (transient) or once the file changed (permanent)."""
+        if self.error is None:
+            return True
+        if self.transient:
+            return time.monotonic() >= self.retry_at
+        try:
+            return _stamp(self.path) != self.stamp
+        except OSError:
+            return False
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -126,9 +182,10 @@ class ModelRegistry:
     def ready(self) -> tuple[bool, dict[str, str]]:
         """``(ready, status per start-up model)``.
 
-        Models named with ``--model`` must all be loaded. When every artifact is loaded (no
-        ``--model``), a broken one does not hold the others back: the server is ready once every
-        load has been attempted, and the failures stay visible here and in ``GET /models``.
+        Ready means serving: models named with ``--model`` must all be loaded; with none named, at
+        least one model is loaded and no start-up load failed (a load balancer should not send
+        traffic to a replica whose model directory holds a broken artifact). Lazy servers are ready
+        at once: nothing is loaded before the first request.
         """
         status: dict[str, str] = {}
         for model_id in self.requested:
@@ -141,9 +198,12 @@ class ModelRegistry:
                 status[model_id] = entry.error
             else:
                 status[model_id] = "loading"
+        if self.settings.lazy:
+            return True, status
+        all_ready = all(s == "ready" for s in status.values())
         if self.settings.models:
-            return all(s == "ready" for s in status.values()), status
-        return self._startup is not None and self._startup.done(), status
+            return all_ready, status
+        return bool(status) and all_ready, status
 
     async def get(self, model_id: str) -> LoadedModel:
         """The loaded model for ``model_id``, loading it now if it is lazy."""
@@ -151,9 +211,12 @@ class ModelRegistry:
         if entry is None:
             raise ModelNotFound(model_id, sorted(self.entries))
         loaded = await self._ensure_loaded(entry)
-        if loaded is None:
-            raise ModelUnavailable(f"model {model_id!r} failed to load: {entry.error}")
-        return loaded
+        if loaded is not None:
+            return loaded
+        if entry.transient:
+            wait = max(1, math.ceil(entry.retry_at - time.monotonic()))
+            raise ModelUnavailable(f"model {model_id!r} failed to load: {entry.error}", retry_after_s=wait)
+        raise ModelBroken(f"model {model_id!r} cannot be loaded: {entry.error}")
 
     @contextlib.asynccontextmanager
     async def use(self, model_id: str) -> AsyncIterator[LoadedModel]:
@@ -190,15 +253,27 @@ class ModelRegistry:
         return LoadedModel(entry.id, model, batcher)
 
     async def _ensure_loaded(self, entry: ModelEntry) -> LoadedModel | None:
-        if entry.loaded is not None or entry.error is not None:
+        if entry.loaded is not None or not entry.may_retry():
             return entry.loaded
         async with entry.lock:
-            if entry.loaded is None and entry.error is None:
+            if entry.loaded is None and entry.may_retry():
+                stamp = entry.stamp
+                with contextlib.suppress(OSError):
+                    stamp = _stamp(entry.path)
                 try:
                     entry.loaded = await self._load(entry)
-                except (ArtifactError, OSError) as exc:
-                    entry.error = str(exc)
-                    log.error("model %s not loaded: %s", entry.id, exc)
+                    entry.error, entry.failures, entry.stamp = None, 0, stamp
+                except Exception as exc:  # ORT raises its own types (Fail, InvalidArgument, ...)
+                    entry.fail(exc, stamp)
+                    log.error(
+                        "model %s not loaded (%s, %s): %s",
+                        entry.id,
+                        "transient" if entry.transient else "permanent",
+                        f"retry in {entry.retry_at - time.monotonic():.0f} s"
+                        if entry.transient
+                        else "retried when the file changes",
+                        entry.error,
+                    )
         return entry.loaded
 
     # ---- hot reload -------------------------------------------------------------------------------------
@@ -211,6 +286,8 @@ class ModelRegistry:
                 previous = await self.poll(previous)
             except OSError as exc:  # the directory itself vanished or is unreadable: keep serving
                 log.error("hot reload: cannot scan %s: %s", self.model_dir, exc)
+            except Exception:  # a bug must not stop the watcher silently: log it, poll again
+                log.exception("hot reload: poll of %s failed; watching on", self.model_dir)
 
     async def poll(self, previous: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
         """One hot-reload pass; ``previous`` is the last pass's stamps, returns this pass's.
@@ -240,7 +317,7 @@ class ModelRegistry:
 
     async def _replace(self, entry: ModelEntry, stamp: tuple[int, int]) -> None:
         if entry.loaded is None:  # lazy or failed before: forget the old error, load like at start
-            entry.stamp, entry.error = stamp, None
+            entry.stamp, entry.error, entry.failures = stamp, None, 0
             if entry.id in self.requested:
                 await self._ensure_loaded(entry)
             return
@@ -248,7 +325,7 @@ class ModelRegistry:
             entry.stamp = stamp
             try:
                 fresh = await self._load(entry)
-            except (ArtifactError, OSError) as exc:
+            except Exception as exc:  # ORT raises its own types (Fail, InvalidArgument, ...)
                 entry.error = f"reload failed, still serving the previous version: {exc}"
                 log.error("hot reload: %s: %s", entry.id, exc)
                 return

@@ -113,13 +113,23 @@ class StreamChunk(msgspec.Struct, kw_only=True, omit_defaults=True, tag="chunk",
 
 
 class StreamSummary(msgspec.Struct, kw_only=True, omit_defaults=True, tag="summary", tag_field="type"):
-    """The last NDJSON line of a stream."""
+    """The last NDJSON line of a stream, also when the stream stopped early (then ``error`` says why
+    and ``status`` is the HTTP status the same failure would have had before the stream began)."""
 
     model: str
     n_files: int
     n_errors: int
     metrics: FileMetrics | None = None
     instrument_metrics: dict[str, InstrumentMetrics] | None = None
+    error: str | None = None
+    status: int | None = None
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    """Every error answer: the HTTP status again and a message that says what to change."""
+
+    status_code: int
+    detail: str
 
 
 class HealthResponse(msgspec.Struct, kw_only=True):

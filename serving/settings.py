@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.audio import DecodeLimits
 from serving.runtime import parse_device
 
 MIB = 1024 * 1024
@@ -38,6 +39,19 @@ class Settings:
     data_roots: tuple[Path, ...] = (Path("data"),)
     max_upload_mb: float = 50.0
     max_audio_seconds: float = 600.0
+    max_files: int = 64
+    """Files (multipart parts) per upload request."""
+    max_paths: int = 1000
+    """Paths per predict-directory request."""
+    max_datasets: int = 16
+    """Datasets per test-directory request."""
+    max_request_mb: float = 512.0
+    """Decoded-size budget of one request: decode + resample + windows, float32 (see pipeline)."""
+    max_channels: int = 8
+    max_sample_rate: int = 192_000
+    min_sample_rate: int = 1000
+    max_concurrent_requests: int = 64
+    """Predict/test requests served at once; more get 503 before their body is read."""
     add_instrument_metrics: bool = False
     hot_reload: bool = False
     reload_interval_s: float = 2.0
@@ -52,6 +66,20 @@ class Settings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MIB)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * MIB)
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(
+            max_seconds=self.max_audio_seconds,
+            max_channels=self.max_channels,
+            min_sample_rate=self.min_sample_rate,
+            max_sample_rate=self.max_sample_rate,
+            max_decoded_bytes=self.max_request_bytes,
+        )
 
     @property
     def max_batch_delay_s(self) -> float:
@@ -76,6 +104,20 @@ class Settings:
             ),
             (self.max_upload_mb > 0, f"--max-upload-mb must be > 0, got {self.max_upload_mb}"),
             (self.max_audio_seconds > 0, f"--max-audio-seconds must be > 0, got {self.max_audio_seconds}"),
+            (self.max_files >= 1, f"--max-files must be >= 1, got {self.max_files}"),
+            (self.max_paths >= 1, f"--max-paths must be >= 1, got {self.max_paths}"),
+            (self.max_datasets >= 1, f"--max-datasets must be >= 1, got {self.max_datasets}"),
+            (self.max_request_mb > 0, f"--max-request-mb must be > 0, got {self.max_request_mb}"),
+            (self.max_channels >= 1, f"--max-channels must be >= 1, got {self.max_channels}"),
+            (
+                1 <= self.min_sample_rate <= self.max_sample_rate,
+                f"need 1 <= --min-sample-rate ({self.min_sample_rate}) <= --max-sample-rate "
+                f"({self.max_sample_rate})",
+            ),
+            (
+                self.max_concurrent_requests >= 1,
+                f"--max-concurrent-requests must be >= 1, got {self.max_concurrent_requests}",
+            ),
             (self.reload_interval_s > 0, f"--reload-interval must be > 0, got {self.reload_interval_s}"),
             (self.decode_workers >= 1, f"--num-workers must be >= 1, got {self.decode_workers}"),
             (

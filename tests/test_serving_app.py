@@ -21,8 +21,10 @@ import httpx
 import numpy as np
 import pytest
 import serving_testkit as kit
+import soundfile as sf
 from litestar.testing import TestClient
 
+from common.audio import window_count
 from common.labels import LABELS
 from serving.app import ClientDisconnected, _unless_disconnected, create_app
 from serving.pipeline import ResponseMaps
@@ -87,7 +89,8 @@ def settings(workspace: Path, **overrides: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(workspace: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings(workspace))) as test_client:
+    # broken.onnx is not a start-up model here (it would keep /ready at 503): it loads on first use.
+    with TestClient(create_app(settings(workspace, models=(MODEL, "nested/strict.onnx")))) as test_client:
         wait_for(lambda: test_client.get("/ready").status_code == 200)
         yield test_client
 
@@ -108,9 +111,23 @@ def test_health_and_ready(client: TestClient) -> None:
     ready = client.get("/ready")
     assert ready.status_code == 200
     body = ready.json()
-    assert body["ready"] is True and body["models"][MODEL] == "ready"
-    assert "cannot load as an ONNX model" in body["models"]["broken.onnx"]  # reported, not blocking
+    assert body == {"ready": True, "models": {MODEL: "ready", "nested/strict.onnx": "ready"}}
 
+
+def test_ready_without_model_flags_is_503_while_a_start_up_load_failed(workspace: Path) -> None:
+    with TestClient(create_app(settings(workspace))) as test_client:
+        wait_for(lambda: "broken.onnx" in test_client.get("/ready").json()["models"])
+        wait_for(lambda: "loading" not in test_client.get("/ready").json()["models"].values())
+        ready = test_client.get("/ready")
+        assert ready.status_code == 503
+        models = ready.json()["models"]
+        assert models[MODEL] == "ready" and models["nested/strict.onnx"] == "ready"
+        assert "cannot load as an ONNX model" in models["broken.onnx"]
+        # the good models beside the broken one serve
+        response = test_client.post(
+            "/model/predict", params={"model": MODEL}, files=upload(song(workspace, "s0.wav"))
+        )
+        assert response.status_code == 200
 
 def test_models_lists_every_artifact_with_its_contract_or_error(client: TestClient) -> None:
     models = {m["id"]: m for m in client.get("/models").json()}
@@ -120,6 +137,8 @@ def test_models_lists_every_artifact_with_its_contract_or_error(client: TestClie
     assert tone["labels"] == list(LABELS) and tone["sample_rate"] == kit.SAMPLE_RATE
     assert tone["window_seconds"] == pytest.approx(0.2) and tone["thresholds"] == [0.5] * len(LABELS)
     assert tone["active_providers"] == ["CPUExecutionProvider"]
+    client.post("/model/predict", params={"model": "broken.onnx"}, files=upload(("a.wav", b"RIFF")))
+    models = {m["id"]: m for m in client.get("/models").json()}
     assert not models["broken.onnx"]["loaded"] and "broken.onnx" in models["broken.onnx"]["error"]
 
 
@@ -214,7 +233,7 @@ def test_timeline_has_one_entry_per_window(client: TestClient, workspace: Path) 
     [
         ({"model": "nope.onnx"}, True, 404, "unknown model 'nope.onnx'"),
         ({"model": "../models/tone.onnx"}, True, 404, "unknown model"),
-        ({"model": "broken.onnx"}, True, 503, "failed to load"),
+        ({"model": "broken.onnx"}, True, 424, "retrying will not help"),
         ({}, True, 400, "'model'"),
         ({"model": MODEL, "threshold": 1.5}, True, 400, "threshold"),
         ({"model": MODEL}, False, 400, "files"),
@@ -397,9 +416,12 @@ def test_a_full_queue_answers_503_with_retry_after(workspace: Path, monkeypatch:
         return original(self, windows)
 
     monkeypatch.setattr(OnnxModel, "run", held_run)
-    app = create_app(settings(workspace, models=(MODEL,), max_batch_size=1, max_queue=1))
+    frames = sf.info(str(workspace / "data" / "songs" / "s0.wav")).frames
+    n = window_count(frames, kit.WINDOW, kit.HOP)  # the queue holds exactly one such file
+    app = create_app(settings(workspace, models=(MODEL,), max_batch_size=1, max_queue=n))
     with TestClient(app) as test_client, ThreadPoolExecutor(1) as pool:
         wait_for(lambda: test_client.get("/ready").status_code == 200)
+        batcher = app.state.server.registry.entries[MODEL].loaded.batcher
         gate.clear()
         first = pool.submit(
             test_client.post,
@@ -407,7 +429,7 @@ def test_a_full_queue_answers_503_with_retry_after(workspace: Path, monkeypatch:
             params={"model": MODEL},
             files=upload(song(workspace, "s0.wav")),
         )
-        wait_for(lambda: f'lumen_queue_depth{{model="{MODEL}"}} 4.0' in test_client.get("/metrics").text)
+        wait_for(lambda: batcher.occupancy == n - 1)  # one window computing (held), the rest queued
         busy = test_client.post(
             "/model/predict", params={"model": MODEL}, files=upload(song(workspace, "s1.wav"))
         )
