@@ -220,49 +220,49 @@ def decode(
     return data, info.sample_rate
 
 
+def _frame_limit(info: AudioInfo, limits: DecodeLimits) -> int | None:
+    """The most frames a decode of this file may hold: ``max_seconds`` and the byte budget."""
+    bounds = []
+    if limits.max_seconds is not None:
+        bounds.append(int(limits.max_seconds * info.sample_rate))
+    if limits.max_decoded_bytes is not None:
+        bounds.append(limits.max_decoded_bytes // (4 * info.channels))
+    return min(bounds) if bounds else None
+
+
 def _read_blocks(
     f: sf.SoundFile, info: AudioInfo, label: str, limits: DecodeLimits, mono: bool
 ) -> np.ndarray:
-    """Samples in blocks of :data:`BLOCK_FRAMES` into a buffer of the header's length.
+    """Samples in blocks of at most :data:`BLOCK_FRAMES` into one buffer of the header's length.
 
-    Compressed streams may hold a little more than their header says; the buffer grows for that,
-    but never past ``max_seconds`` or ``max_decoded_bytes``.
+    Compressed streams may hold a little more than their header says; the buffer then grows, but
+    the old and the new buffer together never hold more frames than :func:`_frame_limit` allows.
     """
-    cap = info.frames
-    if limits.max_seconds is not None:
-        cap = min(cap, int(limits.max_seconds * info.sample_rate))
-    hard_cap = int(limits.max_seconds * info.sample_rate) if limits.max_seconds is not None else None
-    if limits.max_decoded_bytes is not None:
-        by_budget = limits.max_decoded_bytes // (4 * info.channels)
-        hard_cap = by_budget if hard_cap is None else min(hard_cap, by_budget)
-    shape: tuple[int, ...] = (cap,) if mono else (cap, info.channels)
-    out = np.empty(shape, dtype=np.float32)
+    width = 1 if mono else info.channels
+    limit = _frame_limit(info, limits)
+    out = np.empty((info.frames if limit is None else min(info.frames, limit), width), dtype=np.float32)
+    block_frames = max(1, min(BLOCK_FRAMES, info.frames))
+    block = np.empty((block_frames, info.channels), dtype=np.float32)
     filled = 0
-    block = np.empty((BLOCK_FRAMES, info.channels), dtype=np.float32)
-    while True:
-        n = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True, out=block).shape[0]
-        if n == 0:
-            break
+    while n := f.read(block_frames, dtype="float32", always_2d=True, out=block).shape[0]:
         chunk = block[:n]
         if not np.isfinite(chunk).all():
             raise AudioError(label, "audio contains NaN or infinite samples")
-        if filled + n > out.shape[0]:
-            if hard_cap is not None and filled + n > hard_cap:
+        if filled + n > out.shape[0]:  # the header under-reported the length
+            grown = max(filled + n, out.shape[0] + out.shape[0] // 4)
+            if limit is not None and out.shape[0] + grown > limit:
                 raise AudioError(
-                    label, "the stream holds more audio than its header and the limits allow", "limit"
+                    label, "the stream holds more audio than its header says and the limits allow", "limit"
                 )
-            grown = max(filled + n, out.shape[0] + out.shape[0] // 4 + BLOCK_FRAMES)
-            if hard_cap is not None:
-                grown = min(grown, hard_cap)
-            out = np.resize(out, (grown, *out.shape[1:]))
-        if not mono:
-            out[filled : filled + n] = chunk
-        elif info.channels == 1:
-            out[filled : filled + n] = chunk[:, 0]
+            bigger = np.empty((grown, width), dtype=np.float32)
+            bigger[:filled] = out[:filled]
+            out = bigger
+        if mono and info.channels > 1:
+            out[filled : filled + n, 0] = chunk.mean(axis=1)
         else:
-            out[filled : filled + n] = chunk.mean(axis=1)
+            out[filled : filled + n] = chunk[:, :width]
         filled += n
-    return out[:filled]
+    return out[:filled, 0] if mono else out[:filled]
 
 
 def _failure_reason(exc: Exception, handle: object) -> str:
