@@ -70,3 +70,18 @@ def test_probes_hit_the_health_and_readiness_endpoints() -> None:
     parsed = build_parser().parse_args(["--model-dir", "/models"])
     paths = set(create_app(settings_from_args(parsed)).route_handler_method_map)
     assert {"/health", "/ready"} <= paths
+
+
+BASELINE_MIB = 512  # Python + ONNX Runtime + a few small artifacts, measured well below this
+
+
+def _mib(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_the_memory_limit_covers_the_worst_case_of_the_admission_limits() -> None:
+    container = _container()
+    settings = settings_from_args(build_parser().parse_args(["--host", "0.0.0.0", *container["args"]]))
+    worst = BASELINE_MIB + settings.max_concurrent_requests * (settings.max_upload_mb + settings.max_request_mb)
+    assert _mib(container["resources"]["limits"]["memory"]) >= worst
