@@ -23,15 +23,16 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, MultipartBody, Parameter
 from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.version import __version__
 from serving.batcher import QueueFull
+from serving.docs import error_responses, openapi_config
 from serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from serving.oip import oip_routes
 from serving.pipeline import (
     DataRoots,
     Evaluation,
@@ -58,6 +59,7 @@ from serving.schemas import (
     TestDirectoryResponse,
 )
 from serving.settings import Settings
+from serving.webui import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +174,12 @@ async def health() -> HealthResponse:
     return HealthResponse()
 
 
-@get("/ready", tags=["status"], summary="200 once every start-up model is loaded and warmed, else 503")
+@get(
+    "/ready",
+    tags=["status"],
+    summary="200 once every start-up model is loaded and warmed, else 503",
+    responses={503: ResponseSpec(ReadyResponse, description="Not ready yet", generate_examples=False)},
+)
 async def ready(server: NamedDependency[Server]) -> Response[ReadyResponse]:
     is_ready, models = server.registry.ready()
     return Response(ReadyResponse(ready=is_ready, models=models), status_code=200 if is_ready else 503)
@@ -188,7 +195,13 @@ async def list_models(server: NamedDependency[Server]) -> list[ModelInfo]:
     return [_model_info(server, model_id) for model_id in sorted(server.registry.entries)]
 
 
-@post("/model/predict", status_code=200, tags=["predict"], summary="Predict instruments in uploaded files")
+@post(
+    "/model/predict",
+    status_code=200,
+    tags=["predict"],
+    summary="Predict instruments in uploaded files",
+    responses=error_responses(400, 404, 413, 503),
+)
 async def predict(
     request: Request[Any, Any, Any],
     server: NamedDependency[Server],
@@ -223,6 +236,7 @@ async def predict(
     status_code=200,
     tags=["predict"],
     summary="Predict every audio file in server-side directories/files below --data-root",
+    responses=error_responses(400, 403, 404, 413, 503),
 )
 async def predict_directory(
     request: Request[Any, Any, Any], server: NamedDependency[Server], data: JSONBody[PredictDirectoryRequest]
@@ -252,6 +266,7 @@ async def predict_directory(
     tags=["predict"],
     media_type=NDJSON,
     summary="Like predict-directory, as NDJSON: one line per finished chunk of files, then a summary",
+    responses=error_responses(400, 403, 404, 413, 503),
 )
 async def predict_directory_stream(
     server: NamedDependency[Server], data: JSONBody[PredictDirectoryRequest]
@@ -296,6 +311,7 @@ def _evaluation(server: Server, loaded: LoadedModel, data: TestDirectoryRequest)
     status_code=200,
     tags=["test"],
     summary="Predict labelled datasets below --data-root and report file-level metrics",
+    responses=error_responses(400, 403, 404, 413, 503),
 )
 async def test_directory(
     request: Request[Any, Any, Any], server: NamedDependency[Server], data: JSONBody[TestDirectoryRequest]
@@ -331,6 +347,7 @@ async def test_directory(
     tags=["test"],
     media_type=NDJSON,
     summary="Like test-directory, as NDJSON: one line per finished chunk, then a summary with metrics",
+    responses=error_responses(400, 403, 404, 413, 503),
 )
 async def test_directory_stream(
     server: NamedDependency[Server], data: JSONBody[TestDirectoryRequest]
@@ -484,6 +501,8 @@ def create_app(settings: Settings) -> Litestar:
             predict_directory_stream,
             test_directory,
             test_directory_stream,
+            *oip_routes(),
+            *web_routes(),
         ],
         dependencies={"server": Provide(_server, sync_to_thread=False)},
         lifespan=[lifespan],
@@ -498,11 +517,9 @@ def create_app(settings: Settings) -> Litestar:
             Exception: _bug,
         },
         request_max_body_size=settings.max_upload_bytes,
-        openapi_config=OpenAPIConfig(
+        openapi_config=openapi_config(
             title="lumen-audio",
             version=__version__,
             description="Musical-instrument recognition (IRMAS, 11 instruments, multi-label) with dynamic batching.",
-            path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
     )
