@@ -33,8 +33,10 @@ from typing import Any
 import msgspec
 import numpy as np
 from litestar import MediaType, Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
+from litestar.params import FromPath
 
 from common.artifact import INPUT_NAME, OUTPUT_NAME
 from common.version import __version__
@@ -413,7 +415,7 @@ async def server_live() -> LiveResponse:
     summary="200 once every start-up model is loaded and warm, else 400 (the protocol's 4xx)",
     responses={400: ResponseSpec(ReadyState, description="Not ready yet", generate_examples=False)},
 )
-async def server_ready(server: Any) -> Response[ReadyState]:
+async def server_ready(server: NamedDependency[Any]) -> Response[ReadyState]:
     is_ready, _ = server.registry.ready()
     return Response(ReadyState(ready=is_ready), status_code=200 if is_ready else 400)
 
@@ -437,7 +439,9 @@ async def _model_get(server: Any, rest: str) -> Response[Any]:
     summary="Model metadata (/v2/models/<id>) or readiness (/v2/models/<id>/ready); ids may contain '/'",
     responses=_responses(400, 404, 405, 503),
 )
-async def model_get(request: Request[Any, Any, Any], server: Any, rest: str) -> Response[ModelMetadata]:
+async def model_get(
+    request: Request[Any, Any, Any], server: NamedDependency[Any], rest: FromPath[str]
+) -> Response[ModelMetadata]:
     try:
         return await _model_get(server, rest)
     except Exception as exc:
@@ -513,7 +517,9 @@ async def _infer(request: Request[Any, Any, Any], server: Any, rest: str) -> Res
     ),
     responses=_responses(400, 404, 405, 413, 503),
 )
-async def model_infer(request: Request[Any, Any, Any], server: Any, rest: str) -> Response[InferResponse]:
+async def model_infer(
+    request: Request[Any, Any, Any], server: NamedDependency[Any], rest: FromPath[str]
+) -> Response[InferResponse]:
     try:
         return await _infer(request, server, rest)
     except Exception as exc:
