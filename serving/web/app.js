@@ -33,7 +33,7 @@ function el(tag, attrs = {}, ...children) {
 
 const name = (code) => NAMES[code] || code;
 const pct = (p) => `${(100 * p).toFixed(1)}%`;
-const fmt = (v) => (v === null || v === undefined ? "–" : Number.isInteger(v) ? String(v) : v.toFixed(3));
+const fmt = (v, integer = false) => (v === null || v === undefined ? "–" : integer ? String(v) : v.toFixed(3));
 
 async function api(path, options) {
   const response = await fetch(path, options);
@@ -220,6 +220,8 @@ function renderPredictions(response, thresholds) {
   results.replaceChildren();
   const model = currentModel();
   const labels = model.labels;
+  results.append(el("p", { class: "muted legend" }, "Bars: probability per instrument;",
+    el("span", { class: "mark", "aria-hidden": "true" }), "its threshold; green: predicted."));
   for (const [file, error] of Object.entries(response.errors || {})) {
     results.append(el("article", { class: "result error", "data-file": file, role: "alert" },
       el("h3", { text: file }), el("p", { class: "error-text", text: `Error: ${error}` })));
@@ -280,7 +282,7 @@ function renderScore(response) {
     const table = el("table", { class: "metrics", id: "metrics-table" }, el("caption", { text: "File-level metrics" }));
     const body = el("tbody");
     for (const [key, label] of METRICS) {
-      body.append(el("tr", { "data-metric": key }, el("th", { scope: "row", text: label }), el("td", { text: fmt(metrics[key]) })));
+      body.append(el("tr", { "data-metric": key }, el("th", { scope: "row", text: label }), el("td", { text: fmt(metrics[key], key === "n_files") })));
     }
     table.append(body);
     out.append(table);
@@ -297,7 +299,7 @@ function renderScore(response) {
         el("th", { scope: "row", text: `${name(code)} (${code})` }),
         el("td", {}, el("span", { class: "track small" }, el("span", { class: "fill", style: { width: pct(f1) } })),
           el("span", { class: "value", text: fmt(m.f1) })),
-        el("td", { text: fmt(m.precision) }), el("td", { text: fmt(m.recall) }), el("td", { text: fmt(m.support) })));
+        el("td", { text: fmt(m.precision) }), el("td", { text: fmt(m.recall) }), el("td", { text: fmt(m.support, true) })));
     }
     table.append(body);
     out.append(table);
