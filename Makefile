@@ -47,6 +47,7 @@ DEMO_URL := http://localhost:$(DEMO_PORT)
 
 demo: setup-serve
 	@echo
+	@echo "Web page:    $(DEMO_URL)/"
 	@echo "Swagger UI:  $(DEMO_URL)/docs"
 	@echo "Classify a bundled clip (in another shell, once the server logs 'Application startup complete'):"
 	@echo "  curl -s -F files=@data/examples/piano_voice.wav '$(DEMO_URL)/model/predict?model=lumen-demo.onnx'"
