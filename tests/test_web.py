@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ CLIPS = ["piano_voice.wav", "flute.wav"]
 BROWSER_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
+    # A synthetic microphone (a beep) that needs no permission prompt, for the recording test.
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
 ]  # fmt: skip
 WAIT_MS = 30_000  # only turns a hang into a failure
 
@@ -159,6 +162,47 @@ def test_a_broken_file_is_shown_as_an_error_beside_good_ones(page: object, serve
     assert error_text == f"Error: {answer['errors']['broken.wav']}"
     assert page.locator("article.result[data-file='flute.wav'] .chip").count() >= 1  # type: ignore[attr-defined]
     assert "1 with errors" in page.inner_text("#predict-status")  # type: ignore[attr-defined]
+
+
+def test_dropped_files_are_classified(page: object, server: kit.LiveServer) -> None:
+    page.goto(server.url + "/")  # type: ignore[attr-defined]
+    page.wait_for_selector(f"#model option[value='{MODEL}']", state="attached")  # type: ignore[attr-defined]
+    clip = (EXAMPLES / "flute.wav").read_bytes()
+    transfer = page.evaluate_handle(  # type: ignore[attr-defined]
+        """(bytes) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], "dropped.wav", { type: "audio/wav" }));
+            return transfer;
+        }""",
+        list(clip),
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})  # type: ignore[attr-defined]
+    assert "dropped.wav" in page.inner_text("#chosen")  # type: ignore[attr-defined]
+    page.click("#classify")  # type: ignore[attr-defined]
+    page.wait_for_selector("article.result[data-file='dropped.wav']")  # type: ignore[attr-defined]
+    answer = api_predict(server, [("dropped.wav", clip)])
+    shown = page.locator("article.result[data-file='dropped.wav'] .chip").evaluate_all(  # type: ignore[attr-defined]
+        "els => els.map(e => e.dataset.code)"
+    )
+    assert shown == [code for code, on in answer["predictions"]["dropped.wav"].items() if on]
+
+
+def test_a_microphone_recording_is_sent_as_wav(page: object, server: kit.LiveServer) -> None:
+    page.goto(server.url + "/")  # type: ignore[attr-defined]
+    page.wait_for_selector(f"#model option[value='{MODEL}']", state="attached")  # type: ignore[attr-defined]
+    page.click("#record")  # type: ignore[attr-defined]
+    page.wait_for_selector("#record[aria-pressed='true']")  # type: ignore[attr-defined]
+    status = page.locator("#record-status", has_text=re.compile(r"Recording… [1-9]\d*\.\d s"))  # type: ignore[attr-defined]
+    status.wait_for()  # at least 1 s of the synthetic microphone captured
+    page.click("#record")  # type: ignore[attr-defined]
+    page.wait_for_selector("#record[aria-pressed='false']")  # type: ignore[attr-defined]
+    assert page.inner_text("#record-status").startswith("Recorded ")  # type: ignore[attr-defined]
+    page.click("#classify")  # type: ignore[attr-defined]
+    card = page.locator("#results article.result").first  # type: ignore[attr-defined]
+    card.wait_for()
+    assert card.get_attribute("data-file").startswith("recording-")
+    assert "error" not in card.get_attribute("class").split()  # the server decoded the page's WAV
+    assert card.locator(".bar").count() == 11
 
 
 def test_keyboard_only_reaches_and_submits_the_form(page: object, server: kit.LiveServer) -> None:

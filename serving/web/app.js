@@ -134,6 +134,7 @@ async function toggleRecording() {
   if (recorder) {
     const { stream, context, processor, chunks } = recorder;
     recorder = null;
+    processor.onaudioprocess = null;
     processor.disconnect();
     stream.getTracks().forEach((t) => t.stop());
     await context.close();
@@ -151,7 +152,13 @@ async function toggleRecording() {
     const source = context.createMediaStreamSource(stream);
     const processor = context.createScriptProcessor(4096, 1, 1);
     const chunks = [];
-    processor.onaudioprocess = (event) => chunks.push(new Float32Array(event.inputBuffer.getChannelData(0)));
+    let captured = 0;
+    processor.onaudioprocess = (event) => {
+      const samples = event.inputBuffer.getChannelData(0);
+      chunks.push(new Float32Array(samples));
+      captured += samples.length;
+      status.textContent = `Recording… ${(captured / context.sampleRate).toFixed(1)} s`;
+    };
     source.connect(processor);
     processor.connect(context.destination);
     recorder = { stream, context, processor, chunks };
