@@ -8,13 +8,21 @@ the vendored documentation bundles of :mod:`serving.docs`.
 
 from __future__ import annotations
 
-from litestar import MediaType, Response, Router, get
+from typing import Any
+
+from litestar import MediaType, Request, Response, Router, get
+from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 from litestar.static_files import create_static_files_router
 
 from serving.docs import CONTENT_SECURITY_POLICY, STATIC_PATH, WEB_DIR
 
 INDEX = WEB_DIR / "index.html"
+
+
+def _not_found(_: Request[Any, Any, Any], exc: NotFoundException) -> Response[dict[str, Any]]:
+    # Litestar's own message names the directory on disk: say less.
+    return Response({"status_code": 404, "detail": "no such static file"}, status_code=404)
 
 
 def web_routes() -> list[HTTPRouteHandler | Router]:
@@ -30,6 +38,10 @@ def web_routes() -> list[HTTPRouteHandler | Router]:
         )
 
     static = create_static_files_router(
-        path=STATIC_PATH, directories=[WEB_DIR], name="static", include_in_schema=False
+        path=STATIC_PATH,
+        directories=[WEB_DIR],
+        name="static",
+        include_in_schema=False,
+        exception_handlers={NotFoundException: _not_found},
     )
     return [index, static]

@@ -81,6 +81,9 @@ def test_static_files_stay_inside_the_web_folder(client: TestClient) -> None:
         response = client.get(probe)
         assert response.status_code in (400, 404), probe
         assert "create_app" not in response.text
+    for missing in ["/static/nope.js", "/static/vendor/", "/static/vendor/redoc/nope.js"]:
+        response = client.get(missing)
+        assert response.status_code == 404 and str(WEB_DIR) not in response.text, missing
 
 
 def test_vendored_bundles_ship_with_their_licences() -> None:
