@@ -5,18 +5,20 @@ PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 EXTRAS ?= cpu,train,synth,dev
-APT_PACKAGES := fluidsynth timgm6mb-soundfont
+# chromium + chromium-driver: the headless browser test of the web page (tests/test_web.py).
+APT_PACKAGES := fluidsynth timgm6mb-soundfont chromium chromium-driver
 PYTEST_ARGS ?= -n 2
 
 .PHONY: setup setup-serve apt test demo demo-model lint bench
 
 apt:
-	@if command -v fluidsynth >/dev/null 2>&1 && [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ]; then :; \
+	@if command -v fluidsynth >/dev/null 2>&1 && [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] \
+		&& [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	else \
-		echo "FluidSynth and a General-MIDI soundfont are missing (needed by lumen-data synth and its tests). Run:"; \
+		echo "FluidSynth, a General-MIDI soundfont or Chromium are missing (needed by lumen-data synth, the web page test). Run:"; \
 		echo "  sudo apt-get install -y $(APT_PACKAGES)"; \
 	fi
 
@@ -45,6 +47,7 @@ DEMO_URL := http://localhost:$(DEMO_PORT)
 
 demo: setup-serve
 	@echo
+	@echo "Web page:    $(DEMO_URL)/"
 	@echo "Swagger UI:  $(DEMO_URL)/docs"
 	@echo "Classify a bundled clip (in another shell, once the server logs 'Application startup complete'):"
 	@echo "  curl -s -F files=@data/examples/piano_voice.wav '$(DEMO_URL)/model/predict?model=lumen-demo.onnx'"

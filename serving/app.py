@@ -30,15 +30,16 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, MultipartBody, Parameter
 from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.version import __version__
 from serving.batcher import QueueFull, RequestTooLarge
+from serving.docs import error_responses, openapi_config
 from serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from serving.oip import oip_routes
 from serving.pipeline import (
     DataRoots,
     Evaluation,
@@ -67,6 +68,7 @@ from serving.schemas import (
     TestDirectoryResponse,
 )
 from serving.settings import Settings
+from serving.webui import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +216,12 @@ async def health() -> HealthResponse:
     return HealthResponse()
 
 
-@get("/ready", tags=["status"], summary="200 once every start-up model is loaded and warmed, else 503")
+@get(
+    "/ready",
+    tags=["status"],
+    summary="200 once every start-up model is loaded and warmed, else 503",
+    responses={503: ResponseSpec(ReadyResponse, description="Not ready yet", generate_examples=False)},
+)
 async def ready(server: NamedDependency[Server]) -> Response[ReadyResponse]:
     is_ready, models = server.registry.ready()
     return Response(ReadyResponse(ready=is_ready, models=models), status_code=200 if is_ready else 503)
@@ -230,7 +237,13 @@ async def list_models(server: NamedDependency[Server]) -> list[ModelInfo]:
     return [_model_info(server, model_id) for model_id in sorted(server.registry.entries)]
 
 
-@post("/model/predict", status_code=200, tags=["predict"], summary="Predict instruments in uploaded files")
+@post(
+    "/model/predict",
+    status_code=200,
+    tags=["predict"],
+    summary="Predict instruments in uploaded files",
+    responses=error_responses(400, 404, 413, 424, 503),
+)
 async def predict(
     request: Request[Any, Any, Any],
     server: NamedDependency[Server],
@@ -268,6 +281,7 @@ async def predict(
     status_code=200,
     tags=["predict"],
     summary="Predict every audio file in server-side directories/files below --data-root",
+    responses=error_responses(400, 403, 404, 413, 424, 503),
 )
 async def predict_directory(
     request: Request[Any, Any, Any], server: NamedDependency[Server], data: JSONBody[PredictDirectoryRequest]
@@ -298,6 +312,7 @@ async def predict_directory(
     tags=["predict"],
     media_type=NDJSON,
     summary="Like predict-directory, as NDJSON: one line per finished chunk of files, then a summary",
+    responses=error_responses(400, 403, 404, 413, 424, 503),
 )
 async def predict_directory_stream(
     server: NamedDependency[Server], data: JSONBody[PredictDirectoryRequest]
@@ -332,6 +347,7 @@ def _evaluation(server: Server, loaded: LoadedModel, data: TestDirectoryRequest)
     status_code=200,
     tags=["test"],
     summary="Predict labelled datasets below --data-root and report file-level metrics",
+    responses=error_responses(400, 403, 404, 413, 424, 503),
 )
 async def test_directory(
     request: Request[Any, Any, Any], server: NamedDependency[Server], data: JSONBody[TestDirectoryRequest]
@@ -369,6 +385,7 @@ async def test_directory(
     tags=["test"],
     media_type=NDJSON,
     summary="Like test-directory, as NDJSON: one line per finished chunk, then a summary with metrics",
+    responses=error_responses(400, 403, 404, 413, 424, 503),
 )
 async def test_directory_stream(
     server: NamedDependency[Server], data: JSONBody[TestDirectoryRequest]
@@ -570,6 +587,11 @@ def _request_metrics(metrics: ServerMetrics) -> Callable[[ASGIApp], ASGIApp]:
 EXPENSIVE_PREFIX = "/model/"
 
 
+def _is_expensive(path: str) -> bool:
+    """Predict/test endpoints of both APIs (OIP infer included), the ones that decode or infer."""
+    return path.startswith(EXPENSIVE_PREFIX) or (path.startswith("/v2/") and path.endswith("/infer"))
+
+
 def _admission(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp], ASGIApp]:
     """Bound the predict/test requests in flight; the next one gets 503 before its body is read.
 
@@ -588,7 +610,7 @@ def _admission(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp]
     def middleware(app: ASGIApp) -> ASGIApp:
         async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
             nonlocal in_flight
-            if scope["type"] != "http" or not scope["path"].startswith(EXPENSIVE_PREFIX):
+            if scope["type"] != "http" or not _is_expensive(scope["path"]):
                 await app(scope, receive, send)
                 return
             if in_flight >= limit:
@@ -659,6 +681,8 @@ def create_app(settings: Settings) -> Litestar:
             predict_directory_stream,
             test_directory,
             test_directory_stream,
+            *oip_routes(),
+            *web_routes(),
         ],
         dependencies={"server": Provide(_server, sync_to_thread=False)},
         lifespan=[lifespan],
@@ -680,11 +704,9 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.max_upload_bytes,
         # a few parts more than --max-files, so the handler can answer with the limit's name
         multipart_form_part_limit=settings.max_files + 4,
-        openapi_config=OpenAPIConfig(
+        openapi_config=openapi_config(
             title="lumen-audio",
             version=__version__,
             description="Musical-instrument recognition (IRMAS, 11 instruments, multi-label) with dynamic batching.",
-            path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
     )

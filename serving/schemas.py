@@ -125,13 +125,6 @@ class StreamSummary(msgspec.Struct, kw_only=True, omit_defaults=True, tag="summa
     status: int | None = None
 
 
-class ErrorResponse(msgspec.Struct, kw_only=True):
-    """Every error answer: the HTTP status again and a message that says what to change."""
-
-    status_code: int
-    detail: str
-
-
 class HealthResponse(msgspec.Struct, kw_only=True):
     status: Literal["ok"] = "ok"
 

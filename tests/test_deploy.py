@@ -83,5 +83,7 @@ def _mib(quantity: str) -> float:
 def test_the_memory_limit_covers_the_worst_case_of_the_admission_limits() -> None:
     container = _container()
     settings = settings_from_args(build_parser().parse_args(["--host", "0.0.0.0", *container["args"]]))
-    worst = BASELINE_MIB + settings.max_concurrent_requests * (settings.max_upload_mb + settings.max_request_mb)
+    worst = BASELINE_MIB + settings.max_concurrent_requests * (
+        settings.max_upload_mb + settings.max_request_mb
+    )
     assert _mib(container["resources"]["limits"]["memory"]) >= worst

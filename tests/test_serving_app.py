@@ -129,6 +129,7 @@ def test_ready_without_model_flags_is_503_while_a_start_up_load_failed(workspace
         )
         assert response.status_code == 200
 
+
 def test_models_lists_every_artifact_with_its_contract_or_error(client: TestClient) -> None:
     models = {m["id"]: m for m in client.get("/models").json()}
     assert sorted(models) == ["broken.onnx", "nested/strict.onnx", MODEL]
