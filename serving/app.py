@@ -29,9 +29,10 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException
+from litestar.exceptions import ClientException, HTTPException
 from litestar.openapi import ResponseSpec
-from litestar.params import JSONBody, MultipartBody, Parameter
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import JSONBody, Parameter
 from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -88,9 +89,44 @@ class Server:
     metrics: ServerMetrics
 
 
+# One file as the whole body (no multipart): these media types, plus an optional ?filename=.
+RAW_AUDIO_TYPES = frozenset(
+    {
+        "audio/wav",
+        "audio/x-wav",
+        "audio/wave",
+        "audio/vnd.wave",
+        "audio/flac",
+        "audio/x-flac",
+        "audio/ogg",
+        "audio/mpeg",
+        "audio/mp3",
+        "application/octet-stream",
+    }
+)
+_BINARY = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+
+
 @dataclass
-class PredictUpload:
-    files: list[UploadFile]
+class PredictOperation(Operation):
+    """``POST /model/predict`` reads its body itself (multipart *or* one raw file), so the OpenAPI
+    request body is written out here instead of being derived from a ``data`` parameter."""
+
+    def __post_init__(self) -> None:
+        multipart = Schema(
+            type=OpenAPIType.OBJECT,
+            properties={"files": Schema(type=OpenAPIType.ARRAY, items=_BINARY)},
+            required=["files"],
+        )
+        content = {"multipart/form-data": OpenAPIMediaType(schema=multipart)}
+        content.update({media: OpenAPIMediaType(schema=_BINARY) for media in sorted(RAW_AUDIO_TYPES)})
+        self.request_body = RequestBody(
+            content=content,
+            required=True,
+            description="Audio files as multipart parts named 'files', or one file as the raw body "
+            "(Content-Type audio/wav, audio/flac, audio/ogg, audio/mpeg or application/octet-stream; "
+            "name it with ?filename=)",
+        )
 
 
 class ClientDisconnected(Exception):
@@ -103,6 +139,10 @@ class TooMany(ValueError):
     def __init__(self, what: str, count: int, limit: int, flag: str) -> None:
         super().__init__(f"{count} {what} in one request; the limit is {limit} ({flag}); split the request")
         self.reason = what
+
+
+class UnsupportedUpload(ValueError):
+    """A predict body that is neither multipart nor one of the raw audio media types (415)."""
 
 
 class InferenceFailed(RuntimeError):
@@ -179,6 +219,31 @@ def _upload_keys(files: list[UploadFile]) -> list[str]:
     return keys
 
 
+async def _uploaded_jobs(request: Request[Any, Any, Any], server: Server, filename: str | None) -> list[Job]:
+    """The upload as jobs: multipart parts named ``files``, or the raw body as one file.
+
+    A raw body skips multipart parsing, the largest per-request CPU cost on the event loop.
+    """
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data":
+        form = await request.form()
+        files = [f for f in form.getall("files") if isinstance(f, UploadFile)] if "files" in form else []
+        if not files:
+            raise ClientException(f"no multipart parts named 'files'; {UPLOAD_HINT}")
+        _check_count("files", len(files), server.settings.max_files, "--max-files")
+        keys = _upload_keys(files)
+        return [Job(key, source=await upload.read()) for key, upload in zip(keys, files, strict=True)]
+    if media in RAW_AUDIO_TYPES:
+        body = await request.body()
+        if not body:
+            raise ClientException("empty request body; send the audio file as the body")
+        return [Job(filename or "upload", source=body)]
+    raise UnsupportedUpload(
+        f"Content-Type {media or 'missing'!r} is not an upload; {UPLOAD_HINT}, or send one file as the "
+        f"body with Content-Type {', '.join(sorted(RAW_AUDIO_TYPES))}"
+    )
+
+
 def _check_count(what: str, count: int, limit: int, flag: str) -> None:
     if count > limit:
         raise TooMany(what, count, limit, flag)
@@ -241,25 +306,26 @@ async def list_models(server: NamedDependency[Server]) -> list[ModelInfo]:
     "/model/predict",
     status_code=200,
     tags=["predict"],
-    summary="Predict instruments in uploaded files",
-    responses=error_responses(400, 404, 413, 424, 503),
+    summary="Predict instruments in uploaded files (multipart, or one file as the raw body)",
+    responses=error_responses(400, 404, 413, 415, 424, 503),
+    operation_class=PredictOperation,
 )
 async def predict(
     request: Request[Any, Any, Any],
     server: NamedDependency[Server],
-    data: MultipartBody[PredictUpload],
     model: Annotated[str, Parameter(description="Model id from GET /models", min_length=1)],
     threshold: Annotated[
         float | None,
         Parameter(ge=0.0, le=1.0, description="One threshold for every label instead of the model's"),
     ] = None,
     timeline: Annotated[bool, Parameter(description="Add per-window probabilities")] = False,
+    filename: Annotated[
+        str | None,
+        Parameter(description="Response key for a raw-body upload (default 'upload')", max_length=255),
+    ] = None,
 ) -> PredictResponse:
-    files = data.files if isinstance(data.files, list) else [data.files]
-    _check_count("files", len(files), server.settings.max_files, "--max-files")
     async with server.registry.use(model) as loaded:
-        keys = _upload_keys(files)
-        jobs = [Job(key, source=await upload.read()) for key, upload in zip(keys, files, strict=True)]
+        jobs = await _uploaded_jobs(request, server, filename)
         results = await _unless_disconnected(
             request, server.pipeline.predict(loaded, jobs, keep_windows=timeline)
         )
@@ -473,6 +539,7 @@ _STATUS: list[tuple[type[Exception], int, str | None]] = [
     (ModelUnavailable, 503, None),
     (PathForbidden, 403, None),
     (InvalidPath, 400, None),
+    (UnsupportedUpload, 415, None),
     (TooMany, 413, "count"),
     (OverBudget, 413, "budget"),
     (RequestTooLarge, 413, "too_large"),
@@ -509,6 +576,10 @@ def _rejected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[
     reason = getattr(exc, "reason", None) or next(r for k, _, r in _STATUS if isinstance(exc, k))
     request.app.state.server.metrics.reject(reason)
     return _error(413, str(exc))
+
+
+def _unsupported(_: Request[Any, Any, Any], exc: UnsupportedUpload) -> Response[dict[str, Any]]:
+    return _error(415, str(exc))
 
 
 def _inference_failed(_: Request[Any, Any, Any], exc: InferenceFailed) -> Response[dict[str, Any]]:
@@ -698,6 +769,7 @@ def create_app(settings: Settings) -> Litestar:
             RequestTooLarge: _rejected,
             QueueFull: _queue_full,
             InferenceFailed: _inference_failed,
+            UnsupportedUpload: _unsupported,
             ClientDisconnected: _disconnected,
             Exception: _bug,
         },

@@ -49,6 +49,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     404: "Unknown model id (GET /models lists them)",
     413: "Over an admission limit: body (--max-upload-mb), files (--max-files), paths (--max-paths), "
     "datasets (--max-datasets), decoded size (--max-request-mb) or more windows than --max-queue",
+    415: "A predict body that is neither multipart/form-data nor a raw audio file type",
     424: "The model's artifact cannot be loaded (not retryable until the file is fixed)",
     500: "A server bug, or inference failed for every file; details are in the server log",
     503: "Busy (queue full, --max-concurrent-requests) or a transient load failure; with Retry-After",

@@ -254,9 +254,44 @@ def test_predict_errors(
     assert needle in response.text
 
 
-def test_predict_without_multipart_is_400_with_a_hint(client: TestClient) -> None:
-    response = client.post("/model/predict", params={"model": MODEL}, content=b"raw bytes")
-    assert response.status_code == 400 and "'files'" in response.json()["detail"]
+def test_predict_with_an_unknown_body_type_is_415_with_a_hint(client: TestClient) -> None:
+    response = client.post(
+        "/model/predict",
+        params={"model": MODEL},
+        content=b"raw bytes",
+        headers={"content-type": "text/plain"},
+    )
+    assert response.status_code == 415
+    assert "'files'" in response.json()["detail"] and "audio/wav" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("media", ["audio/wav", "application/octet-stream"])
+def test_one_file_as_the_raw_body_answers_like_multipart(
+    client: TestClient, workspace: Path, media: str
+) -> None:
+    name, data = song(workspace, "s1.wav")
+    multipart = client.post("/model/predict", params={"model": MODEL}, files=upload((name, data))).json()
+    raw = client.post(
+        "/model/predict",
+        params={"model": MODEL, "filename": name},
+        content=data,
+        headers={"content-type": media},
+    )
+    assert raw.status_code == 200 and raw.json() == multipart
+    unnamed = client.post(
+        "/model/predict", params={"model": MODEL}, content=data, headers={"content-type": media}
+    )
+    assert unnamed.json()["predictions"]["upload"] == kit.expected(kit.label_set(1))
+
+
+def test_raw_body_uploads_keep_every_limit(client: TestClient) -> None:
+    headers = {"content-type": "audio/flac"}
+    big = client.post("/model/predict", params={"model": MODEL}, content=b"\0" * 300_000, headers=headers)
+    assert big.status_code == 413
+    empty = client.post("/model/predict", params={"model": MODEL}, content=b"", headers=headers)
+    assert empty.status_code == 400 and "empty" in empty.json()["detail"]
+    corrupt = client.post("/model/predict", params={"model": MODEL}, content=b"RIFF nope", headers=headers)
+    assert "not a recognised audio file" in corrupt.json()["errors"]["upload"]
 
 
 def test_upload_over_the_limit_is_413(client: TestClient) -> None:
