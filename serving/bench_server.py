@@ -133,9 +133,19 @@ def percentile_ms(latencies: list[float], q: float) -> float | None:
 BOUNDARY = "lumen-bench-boundary"
 
 
-def predict_request(base: str, model: str, audio: AudioFile) -> bytes:
-    """The complete HTTP/1.1 request for one file, built once: the load loop only writes bytes."""
+def predict_request(base: str, model: str, audio: AudioFile, upload: str = "multipart") -> bytes:
+    """The complete HTTP/1.1 request for one file, built once: the load loop only writes bytes.
+
+    ``upload="raw"`` sends the file as the whole body (no multipart parsing on the server).
+    """
     parts = urlsplit(base)
+    if upload == "raw":
+        query = urlencode({"model": model, "filename": audio.name})
+        head = (
+            f"POST {parts.path.rstrip('/')}/model/predict?{query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(audio.data)}\r\n\r\n"
+        )
+        return head.encode() + audio.data
     query = urlencode({"model": model})
     body = (
         (
@@ -232,8 +242,9 @@ async def run_level(
     warmup: float,
     max_requests: int,
     timeout: float,
+    upload: str = "multipart",
 ) -> LevelResult:
-    requests = [(predict_request(base, model, audio), audio.seconds) for audio in files]
+    requests = [(predict_request(base, model, audio, upload), audio.seconds) for audio in files]
     picker = itertools.count()
     if warmup > 0:
         deadline = time.perf_counter() + warmup
@@ -307,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(
         f"{len(files)} file(s), {sum(f.seconds for f in files) / len(files):.2f} s mean; model {args.model}; "
-        f"{args.duration:g} s per level after {args.warmup:g} s warm-up",
+        f"{args.duration:g} s per level after {args.warmup:g} s warm-up; {args.upload} uploads",
         flush=True,
     )
     print(TABLE_HEADER, flush=True)
@@ -324,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
                     args.warmup,
                     args.max_requests,
                     args.timeout,
+                    args.upload,
                 )
             )
         )
@@ -334,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "files": len(files),
             "duration_s": args.duration,
+            "upload": args.upload,
             "levels": [asdict(r) for r in results],
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
@@ -355,5 +368,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level")
     p.add_argument("--max-requests", type=int, default=100_000, help="request cap per level")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    p.add_argument(
+        "--upload",
+        choices=["multipart", "raw"],
+        default="multipart",
+        help="multipart/form-data, or the file as the raw request body",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.set_defaults(func=run)

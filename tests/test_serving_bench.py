@@ -87,3 +87,14 @@ def test_an_unknown_model_counts_as_errors(server: kit.LiveServer) -> None:
     audio = server.log.parent / "data" / "b0.wav"
     argv = ["server", server.url, "--model", "nope.onnx", "--audio", str(audio), "--concurrency", "1"]
     assert bench.main([*argv, "--duration", "0.3", "--warmup", "0"]) == 1
+
+
+def test_raw_upload_requests_carry_the_file_as_the_whole_body() -> None:
+    audio = bench_server.AudioFile(name="a b.wav", data=b"RIFF-and-some-bytes", seconds=1.0)
+    request = bench_server.predict_request("http://localhost:8090", "m.onnx", audio, "raw")
+    head, body = request.split(b"\r\n\r\n", 1)
+    assert body == audio.data
+    assert b"Content-Type: application/octet-stream" in head and b"filename=a+b.wav" in head
+    assert f"Content-Length: {len(audio.data)}".encode() in head
+    multipart = bench_server.predict_request("http://localhost:8090", "m.onnx", audio)
+    assert b"multipart/form-data" in multipart and audio.data in multipart
