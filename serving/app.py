@@ -74,6 +74,9 @@ from serving.webui import web_routes
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
+# JSON bodies of the directory endpoints: 1000 paths of 4 KiB fit; a 50 MB JSON body would only stall
+# the event loop in the parser before --max-paths could refuse it.
+JSON_BODY_LIMIT = 4 * 1024 * 1024
 UPLOAD_HINT = "send the audio as multipart/form-data parts named 'files' (curl -F files=@song.wav)"
 T = TypeVar("T")
 
@@ -143,6 +146,10 @@ class TooMany(ValueError):
 
 class UnsupportedUpload(ValueError):
     """A predict body that is neither multipart nor one of the raw audio media types (415)."""
+
+
+class BodyTimeout(Exception):
+    """The client stopped sending its body for longer than ``--body-timeout`` (slowloris): 408."""
 
 
 class InferenceFailed(RuntimeError):
@@ -307,7 +314,7 @@ async def list_models(server: NamedDependency[Server]) -> list[ModelInfo]:
     status_code=200,
     tags=["predict"],
     summary="Predict instruments in uploaded files (multipart, or one file as the raw body)",
-    responses=error_responses(400, 404, 413, 415, 424, 503),
+    responses=error_responses(400, 404, 408, 413, 415, 424, 503),
     operation_class=PredictOperation,
 )
 async def predict(
@@ -348,6 +355,7 @@ async def predict(
     tags=["predict"],
     summary="Predict every audio file in server-side directories/files below --data-root",
     responses=error_responses(400, 403, 404, 413, 424, 503),
+    request_max_body_size=JSON_BODY_LIMIT,
 )
 async def predict_directory(
     request: Request[Any, Any, Any], server: NamedDependency[Server], data: JSONBody[PredictDirectoryRequest]
@@ -379,6 +387,7 @@ async def predict_directory(
     media_type=NDJSON,
     summary="Like predict-directory, as NDJSON: one line per finished chunk of files, then a summary",
     responses=error_responses(400, 403, 404, 413, 424, 503),
+    request_max_body_size=JSON_BODY_LIMIT,
 )
 async def predict_directory_stream(
     server: NamedDependency[Server], data: JSONBody[PredictDirectoryRequest]
@@ -414,6 +423,7 @@ def _evaluation(server: Server, loaded: LoadedModel, data: TestDirectoryRequest)
     tags=["test"],
     summary="Predict labelled datasets below --data-root and report file-level metrics",
     responses=error_responses(400, 403, 404, 413, 424, 503),
+    request_max_body_size=JSON_BODY_LIMIT,
 )
 async def test_directory(
     request: Request[Any, Any, Any], server: NamedDependency[Server], data: JSONBody[TestDirectoryRequest]
@@ -452,6 +462,7 @@ async def test_directory(
     media_type=NDJSON,
     summary="Like test-directory, as NDJSON: one line per finished chunk, then a summary with metrics",
     responses=error_responses(400, 403, 404, 413, 424, 503),
+    request_max_body_size=JSON_BODY_LIMIT,
 )
 async def test_directory_stream(
     server: NamedDependency[Server], data: JSONBody[TestDirectoryRequest]
@@ -540,6 +551,7 @@ _STATUS: list[tuple[type[Exception], int, str | None]] = [
     (PathForbidden, 403, None),
     (InvalidPath, 400, None),
     (UnsupportedUpload, 415, None),
+    (BodyTimeout, 408, None),
     (TooMany, 413, "count"),
     (OverBudget, 413, "budget"),
     (RequestTooLarge, 413, "too_large"),
@@ -576,6 +588,11 @@ def _rejected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[
     reason = getattr(exc, "reason", None) or next(r for k, _, r in _STATUS if isinstance(exc, k))
     request.app.state.server.metrics.reject(reason)
     return _error(413, str(exc))
+
+
+def _body_timeout(request: Request[Any, Any, Any], exc: BodyTimeout) -> Response[dict[str, Any]]:
+    request.app.state.server.metrics.reject("body_timeout")
+    return _error(408, str(exc), headers={"Connection": "close"})
 
 
 def _unsupported(_: Request[Any, Any, Any], exc: UnsupportedUpload) -> Response[dict[str, Any]]:
@@ -663,13 +680,38 @@ def _is_expensive(path: str) -> bool:
     return path.startswith(EXPENSIVE_PREFIX) or (path.startswith("/v2/") and path.endswith("/infer"))
 
 
+def _body_deadline(receive: Receive, timeout: float) -> Receive:
+    """``receive`` that raises :class:`BodyTimeout` when a body chunk takes longer than ``timeout``.
+
+    Only until the body is complete: afterwards ``receive`` waits for the disconnect, untimed.
+    """
+    body_done = False
+
+    async def timed() -> Message:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout)
+        except TimeoutError:
+            raise BodyTimeout(f"no request body data for {timeout:g} s (--body-timeout)") from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_done = True
+        return message
+
+    return timed
+
+
 def _admission(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp], ASGIApp]:
     """Bound the predict/test requests in flight; the next one gets 503 before its body is read.
 
     A body is the first expensive thing a request costs (upload, multipart parse), so this check
     sits in front of Litestar's body handling. Status, metrics and docs endpoints are never limited.
+    Because a slot is held while the body arrives, a client that stalls mid-body for longer than
+    ``--body-timeout`` gets 408 (:class:`BodyTimeout`), so slow senders cannot hold every slot.
     """
     limit = settings.max_concurrent_requests
+    body_timeout = settings.body_timeout_s
     in_flight = 0
     body = msgspec.json.encode(
         {
@@ -702,7 +744,7 @@ def _admission(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp]
             in_flight += 1
             metrics.in_flight.set(in_flight)
             try:
-                await app(scope, receive, send)
+                await app(scope, _body_deadline(receive, body_timeout), send)
             finally:
                 in_flight -= 1
                 metrics.in_flight.set(in_flight)
@@ -770,6 +812,7 @@ def create_app(settings: Settings) -> Litestar:
             QueueFull: _queue_full,
             InferenceFailed: _inference_failed,
             UnsupportedUpload: _unsupported,
+            BodyTimeout: _body_timeout,
             ClientDisconnected: _disconnected,
             Exception: _bug,
         },

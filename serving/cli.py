@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="predict/test requests served at once; more get 503 + Retry-After before the body is read",
     )
+    limits.add_argument(
+        "--body-timeout",
+        dest="body_timeout_s",
+        type=float,
+        default=30.0,
+        help="seconds a client may pause while sending a body before it gets 408 (slowloris)",
+    )
     p.add_argument(
         "--add-instrument-metrics",
         action="store_true",

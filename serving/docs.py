@@ -47,6 +47,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Malformed request: the detail names the field (or the multipart part) and what is wrong",
     403: "A path outside --data-root (after resolving symlinks)",
     404: "Unknown model id (GET /models lists them)",
+    408: "The request body stalled for longer than --body-timeout",
     413: "Over an admission limit: body (--max-upload-mb), files (--max-files), paths (--max-paths), "
     "datasets (--max-datasets), decoded size (--max-request-mb) or more windows than --max-queue",
     415: "A predict body that is neither multipart/form-data nor a raw audio file type",

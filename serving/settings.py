@@ -52,6 +52,8 @@ class Settings:
     min_sample_rate: int = 1000
     max_concurrent_requests: int = 64
     """Predict/test requests served at once; more get 503 before their body is read."""
+    body_timeout_s: float = 30.0
+    """Longest pause between two chunks of a request body before the request gets 408."""
     add_instrument_metrics: bool = False
     hot_reload: bool = False
     reload_interval_s: float = 2.0
@@ -118,6 +120,7 @@ class Settings:
                 self.max_concurrent_requests >= 1,
                 f"--max-concurrent-requests must be >= 1, got {self.max_concurrent_requests}",
             ),
+            (self.body_timeout_s > 0, f"--body-timeout must be > 0, got {self.body_timeout_s}"),
             (self.reload_interval_s > 0, f"--reload-interval must be > 0, got {self.reload_interval_s}"),
             (self.decode_workers >= 1, f"--num-workers must be >= 1, got {self.decode_workers}"),
             (

@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import os
+import socket
 import struct
 import threading
 import time
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import serving_testkit as kit
@@ -570,3 +572,70 @@ def test_rejections_are_counted_by_reason_and_process_metrics_exported(client: T
     assert 'lumen_rejected_requests_total{reason="paths"}' in text
     assert "process_resident_memory_bytes" in text and "lumen_queue_wait_seconds_bucket" in text
     assert LABELS  # the tone model's labels are the canonical ones
+
+
+# ---- beyond the list: slow bodies, oversized JSON -------------------------------------------------------
+
+
+def test_a_client_that_stalls_mid_body_gets_408_and_frees_its_slot(workspace: Path) -> None:
+    server = kit.LiveServer(workspace, "--body-timeout", "0.5", "--max-concurrent-requests", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=HANG_GUARD_S) as conn:
+            conn.sendall(
+                f"POST /model/predict?model={MODEL} HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+                "Content-Length: 100000\r\n\r\nRIFF".encode()
+            )
+            raw = b""
+            while chunk := conn.recv(65536):  # the server answers and closes; we never finish
+                raw += chunk
+        reply = raw.decode(errors="replace")
+        assert reply.startswith("HTTP/1.1 408") and "--body-timeout" in reply
+        # the slot is free again: a normal request gets through the concurrency cap of 1
+        response = httpx.post(
+            f"{server.url}/model/predict",
+            params={"model": MODEL},
+            content=song(workspace, 0),
+            headers={"content-type": "audio/wav"},
+            timeout=HANG_GUARD_S,
+        )
+        assert response.status_code == 200
+        assert (
+            'lumen_rejected_requests_total{reason="body_timeout"} 1.0'
+            in httpx.get(f"{server.url}/metrics").text
+        )
+    finally:
+        server.stop()
+
+
+def test_the_body_deadline_ends_with_the_body() -> None:
+    from serving.app import BodyTimeout, _body_deadline
+
+    async def scenario() -> None:
+        messages = [{"type": "http.request", "body": b"x", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(0.2)  # waiting for the disconnect: longer than the deadline
+            return {"type": "http.disconnect"}
+
+        timed = _body_deadline(receive, 0.05)
+        assert (await timed())["body"] == b"x"
+        assert (await timed())["type"] == "http.disconnect"  # no BodyTimeout once the body is in
+
+        async def stalled() -> dict[str, Any]:
+            await asyncio.sleep(1)
+            return {}
+
+        with pytest.raises(BodyTimeout):
+            await _body_deadline(stalled, 0.05)()
+
+    asyncio.run(scenario())
+
+
+def test_json_bodies_of_the_directory_endpoints_are_capped(client: TestClient) -> None:
+    huge = json.dumps({"model": MODEL, "paths": ["x" * 1000] * 5000})  # ~5 MB, before any parsing
+    response = client.post(
+        "/model/predict-directory", content=huge, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
