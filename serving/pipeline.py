@@ -488,8 +488,8 @@ def iter_audio_jobs(roots: DataRoots, resolved: list[Path]) -> Iterator[Job]:
         elif path.suffix.lower() == ".csv":
             try:
                 items, issues = scan_dataset(DatasetSpec("inference", path), confine=roots.contains)
-            except DatasetError as exc:
-                yield Job(roots.key(path), error=roots.redact(str(exc)))
+            except (DatasetError, OSError) as exc:  # OSError: e.g. a folder the server may not read
+                yield Job(roots.key(path), error=roots.redact(_scan_error(exc)))
                 continue
             yield from (Job(roots.key(Path(issue.path)), error=roots.redact(issue.error)) for issue in issues)
             files = (item.path for item in items)
@@ -546,6 +546,12 @@ class Evaluation:
         }
 
 
+def _scan_error(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot read the dataset ({exc.strerror or type(exc).__name__})"
+    return str(exc)
+
+
 def dataset_jobs(roots: DataRoots, refs: list[DatasetRef]) -> list[Job]:
     """Labelled jobs of every dataset (blocking: scans folders); problems become error jobs.
 
@@ -560,8 +566,8 @@ def dataset_jobs(roots: DataRoots, refs: list[DatasetRef]) -> list[Job]:
             continue
         try:
             items, issues = scan_dataset(DatasetSpec(ref.dataset_type, root), confine=roots.contains)
-        except DatasetError as exc:
-            jobs.append(Job(roots.key(root), error=roots.redact(str(exc))))
+        except (DatasetError, OSError) as exc:  # OSError: e.g. a folder the server may not read
+            jobs.append(Job(roots.key(root), error=roots.redact(_scan_error(exc))))
             continue
         jobs.extend(Job(roots.key(Path(issue.path)), error=roots.redact(issue.error)) for issue in issues)
         for item in items:

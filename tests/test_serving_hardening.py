@@ -639,3 +639,16 @@ def test_json_bodies_of_the_directory_endpoints_are_capped(client: TestClient) -
         "/model/predict-directory", content=huge, headers={"content-type": "application/json"}
     )
     assert response.status_code == 413
+
+
+def test_an_unreadable_dataset_folder_is_a_per_dataset_error(
+    client: TestClient, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(self: Path) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", denied)  # root can read anything: simulate the EACCES
+    body = {"model": MODEL, "datasets": [{"dataset_type": "irmastrain", "dataset_path": "train"}]}
+    response = client.post("/model/test-directory", json=body)
+    assert response.status_code == 200
+    assert response.json()["errors"] == {"train": "cannot read the dataset (Permission denied)"}
