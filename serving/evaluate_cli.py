@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ray-address",
         metavar="ADDRESS",
-        help="Ray to join: auto (the cluster this machine is in) or ray://HOST:PORT (default: start one here)",
+        help="ray engine: the Ray to join, auto (the cluster this machine is a node of, as in a Ray Job) or "
+        "HOST:PORT (default: start a local Ray); ray:// (Ray Client) is refused, Ray Data needs a driver "
+        "on the cluster",
     )
     parser.add_argument(
         "--resume",

@@ -76,15 +76,35 @@ def _ray() -> Any:
 # ---- the connection ---------------------------------------------------------------------------------
 
 
+RAY_CLIENT_PREFIX = "ray://"
+
+
 @contextlib.contextmanager
 def session(address: str | None) -> Iterator[None]:
-    """Connect to Ray for the length of a run: ``None`` starts a local Ray, ``auto`` joins the cluster
-    this machine belongs to, ``ray://HOST:PORT`` goes through Ray Client. A Ray that is already up
-    (a test, a notebook) is used as it is and left running."""
+    """Connect to Ray for the length of a run: ``None`` starts a local Ray, ``auto`` (or ``HOST:PORT``)
+    joins the cluster this machine is a node of, as a Ray Job's driver does. A Ray that is already up
+    (a test, a notebook) is used as it is and left running.
+
+    Ray Client (``ray://``) is refused before anything runs: Ray Data's streaming executor needs a
+    driver with its own core worker, and under Ray Client (Ray 2.60) it stops at the first block.
+    """
+    if address is not None and address.startswith(RAY_CLIENT_PREFIX):
+        raise EvaluationError(
+            f"--ray-address {address}: Ray Data does not run through Ray Client (its streaming executor "
+            "needs a driver on the cluster). Submit lumen-test as a Ray Job instead: ray job submit "
+            "--address http://HEAD:8265 -- lumen-test ... --engine ray --ray-address auto "
+            "(deploy/ray-cluster.yaml does this on Kubernetes)"
+        )
     ray = _ray()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+        # The dashboard is what Ray Jobs submit through; a Ray started just for this run has no use for it.
+        local = {"include_dashboard": False} if address is None else {}
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, **local)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EvaluationError(f"--ray-address {address}: cannot connect to Ray ({reason})") from None
     context = ray.data.DataContext.get_current()
     # One set of progress bars: lumen-test's own (files, files/s), not Ray's per-operator ones.
     context.enable_progress_bars = False

@@ -222,6 +222,9 @@ def test_engine_flags_are_checked_before_any_work(
     ckpt.write_bytes(b"not used")
     code = main(["--model", str(ckpt), "--dataset-paths", str(workspace["data"]), "--engine", "ray"])
     assert code == 2 and "runs .onnx artifacts" in capsys.readouterr().err
+    assert lumen_test(workspace, tmp_path, "--engine", "ray", "--ray-address", "ray://head:10001") == 2
+    assert "Submit lumen-test as a Ray Job" in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()
 
 
 @pytest.mark.parametrize(
