@@ -79,6 +79,11 @@ def _ray() -> Any:
 RAY_CLIENT_PREFIX = "ray://"
 
 
+def _not_the_bars_off_notice(record: logging.LogRecord) -> bool:
+    """Ray Data announces that its bars are off, as a warning; lumen-test's bar is on, so drop it."""
+    return not record.getMessage().startswith("Progress bars disabled")
+
+
 @contextlib.contextmanager
 def session(address: str | None) -> Iterator[None]:
     """Connect to Ray for the length of a run: ``None`` starts a local Ray, ``auto`` (or ``HOST:PORT``)
@@ -110,6 +115,7 @@ def session(address: str | None) -> Iterator[None]:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").addFilter(_not_the_bars_off_notice)
     try:
         yield
     finally:
