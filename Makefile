@@ -4,10 +4,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
-EXTRAS ?= cpu,train,synth,dev
+EXTRAS ?= cpu,train,synth,ray,dev
 # chromium + chromium-driver: the headless browser test of the web page (tests/test_web.py).
 APT_PACKAGES := fluidsynth timgm6mb-soundfont chromium chromium-driver
-PYTEST_ARGS ?= -n 2
+# loadgroup: tests marked xdist_group (the Ray ones) share one worker, hence one local Ray.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: setup setup-serve apt test demo demo-model lint bench
 

@@ -8,11 +8,16 @@ Outputs (``--out-dir``, default ``<model stem>_test/`` next to the model):
 ``predictions.json`` ``{path: {"labels": {code: 0|1}, "probabilities": {code: p}}}``,
 ``errors.json`` ``{path: reason}`` for every file that could not be used, ``metrics.yaml`` (labelled
 runs) and the PNG plots asked for.
+
+``--engine ray`` runs the same pipeline on Ray Data (:mod:`serving.ray_engine`, imported only then):
+results are journaled to ``results.jsonl`` as they arrive (``--resume`` continues an interrupted run)
+and also written as ``predictions.parquet``, one row per file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -111,8 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-workers",
         type=_count(0),
-        default=min(4, os.cpu_count() or 1),
-        help="threads decoding audio ahead of inference; 0 decodes inline (default: min(4, CPUs))",
+        default=None,
+        help="local engine: threads decoding audio ahead of inference, 0 decodes inline (default: "
+        "min(4, CPUs)); ray engine: inference actors (default: one per GPU, or 1 to CPUs/2 autoscaled)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: Ray Data, on this machine or a cluster (extra 'ray')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="ray engine: the Ray to join, auto (the cluster this machine is a node of, as in a Ray Job) or "
+        "HOST:PORT (default: start a local Ray); ray:// (Ray Client) is refused, Ray Data needs a driver "
+        "on the cluster",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="ray engine: continue an interrupted run in --out-dir, skipping the files already scored",
     )
     parser.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     thresholds = parser.add_mutually_exclusive_group()
@@ -194,10 +218,44 @@ def _tracked(
         yield result
 
 
+def _check_engine(args: argparse.Namespace) -> None:
+    if args.engine == "local":
+        if args.resume or args.ray_address:
+            raise EvaluationError("--resume and --ray-address need --engine ray")
+    elif args.model.suffix.lower() != ".onnx":
+        raise EvaluationError(
+            f"--engine ray runs .onnx artifacts (its workers never import torch); export {args.model} "
+            "with lumen-export and pass the .onnx"
+        )
+
+
+def _engine_session(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    if args.engine == "local":
+        return contextlib.nullcontext()
+    from serving.ray_engine import session
+
+    return session(args.ray_address)
+
+
 def _predict(
-    predictor: Predictor, items: Sequence[Item], args: argparse.Namespace, progress: Progress, name: str
+    predictor: Predictor,
+    items: Sequence[Item],
+    args: argparse.Namespace,
+    progress: Progress,
+    name: str,
+    journal: str = "results",
 ) -> Predictions:
-    results = predict_files(predictor, items, batch_size=args.batch_size, num_workers=args.num_workers)
+    if args.engine == "ray":
+        from serving.ray_engine import predict_items
+
+        task = progress.add_task(name, total=len({os.fspath(item.path) for item in items}))
+        return predict_items(
+            predictor.source, predictor.metadata, items, args.out_dir / f"{journal}.jsonl",
+            resume=args.resume, device=args.device, batch_size=args.batch_size,
+            num_workers=args.num_workers, on_rows=lambda n: progress.advance(task, n),
+        )  # fmt: skip
+    workers = min(4, os.cpu_count() or 1) if args.num_workers is None else args.num_workers
+    results = predict_files(predictor, items, batch_size=args.batch_size, num_workers=workers)
     return collect(_tracked(results, progress, name, len(items)), predictor.metadata.labels)
 
 
@@ -230,7 +288,7 @@ def _thresholds(
             f"(e.g. {shared[0]}); thresholds tuned on the evaluated data inflate its metrics. "
             "Tune on a separate validation set"
         )
-    tuning = _predict(predictor, items, args, progress, "tuning set")
+    tuning = _predict(predictor, items, args, progress, "tuning set", journal="tuning-results")
     if tuning.targets is None or not tuning.paths:
         raise EvaluationError(f"--tune-thresholds-on {args.tune_thresholds_on}: no readable labelled file")
     values = np.asarray(tune_thresholds(tuning.targets, tuning.probs), dtype=np.float64)
@@ -362,15 +420,21 @@ def run(args: argparse.Namespace, console: Console, progress_console: Console) -
         )
     if wants_plots:
         plots.require_matplotlib()  # fail before inference, not after it
+    _check_engine(args)
+    out_dir = args.out_dir = args.out_dir or default_out_dir(args.model)
     items, errors = _scan(specs)
-    predictor = load_predictor(args.model, device=args.device)
-    with _progress(progress_console) as progress:
+    # The ray engine's driver only reads the artifact's contract; its actors run it on --device.
+    predictor = load_predictor(args.model, device="cpu" if args.engine == "ray" else args.device)
+    with _engine_session(args), _progress(progress_console) as progress:
         thresholds = _thresholds(predictor, args, items, progress)
         result = _predict(predictor, items, args, progress, "evaluating")
     errors.update(result.errors)
-    out_dir = args.out_dir or default_out_dir(args.model)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "predictions.json", predictions_document(result, thresholds.values))
+    if args.engine == "ray":
+        from serving.ray_engine import TABLE_FILE, write_table
+
+        write_table(out_dir / TABLE_FILE, result, thresholds.values)
     _write_json(out_dir / "errors.json", dict(sorted(errors.items())))
     console.print(f"thresholds: {thresholds.source}", highlight=False)
     if thresholds.tuned:
