@@ -454,10 +454,13 @@ def create_app(settings: Settings) -> Litestar:
     """A ready-to-serve app; models start loading in the lifespan, ``/ready`` says when they are warm."""
     settings.validate()
     metrics = ServerMetrics()
+    metrics.thread_budget(settings.budget.as_gauges())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        decode_pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
+        decode_pool = ThreadPoolExecutor(
+            max_workers=settings.budget.decode_workers, thread_name_prefix="decode"
+        )
         registry = ModelRegistry(settings, observer=metrics)
         app.state.server = Server(
             settings=settings,
