@@ -70,3 +70,11 @@ def test_probes_hit_the_health_and_readiness_endpoints() -> None:
     parsed = build_parser().parse_args(["--model-dir", "/models"])
     paths = set(create_app(settings_from_args(parsed)).route_handler_method_map)
     assert {"/health", "/ready"} <= paths
+
+
+def test_the_thread_budget_follows_the_container_cpu_limit() -> None:
+    container = _container()
+    (env,) = [e for e in container["env"] if e["name"] == "LUMEN_CPU_THREADS"]
+    assert env["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert "--intra-op-threads" not in container["args"]  # the budget splits the limit, no fixed pool
+    assert float(container["resources"]["limits"]["cpu"]) >= 1
