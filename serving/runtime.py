@@ -418,7 +418,7 @@ class OnnxModel:
         if any(size < 1 for size in sizes):
             raise ValueError(f"warm-up batch sizes must be >= 1, got {sizes}")
         repeats = 2 if self.cuda_graph else 1
-        distinct = {id(inst): i for i, inst in enumerate(self._instances)}  # a shared session warms once
+        distinct = {id(inst.session): i for i, inst in enumerate(self._instances)}  # shared: warmed once
         for index in sorted(distinct.values()):
             for size in sizes:
                 for _ in range(repeats):
@@ -499,12 +499,16 @@ class BoundInstance(_Instance):
     def _staging(size: int, window: int, memory_info: Any | None) -> tuple[np.ndarray, Any | None]:
         """Pinned host rows when ORT can allocate them and exposes them to numpy in place; else numpy."""
         if memory_info is not None:
-            pinned = ort.OrtValue.ortvalue_from_shape_and_type(
-                [size, window], np.float32, memory_info=memory_info
-            )
-            view = pinned.numpy()
-            if view.ctypes.data == pinned.data_ptr():
-                return view, pinned
+            try:
+                pinned = ort.OrtValue.ortvalue_from_shape_and_type(
+                    [size, window], np.float32, memory_info=memory_info
+                )
+                view = pinned.numpy()
+            except Exception as exc:  # noqa: BLE001 - an onnxruntime without this API: pageable staging
+                log.warning("pinned host staging unavailable (%s); input copies are pageable", exc)
+            else:
+                if view.ctypes.data == pinned.data_ptr():
+                    return view, pinned
         return np.zeros((size, window), np.float32), None
 
     @property

@@ -273,3 +273,44 @@ def test_cuda_graphs_get_one_graph_id_per_bucket_or_are_dropped_when_refused(
         fallback = OnnxModel(path, device="cuda", cuda_graph=True)
     assert fallback.on_cuda and not fallback.cuda_graph and "CUDA graphs not possible" in caplog.text
     assert fallback._instances[0]._buckets[1].run_options is None
+
+
+def test_pinned_staging_is_written_in_place_and_a_missing_api_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where ORT can allocate host memory for the device, the batch is padded straight into it."""
+    pinned_marker = object()
+    allocate = onnxruntime.OrtValue.ortvalue_from_shape_and_type.__func__
+    allocated: list[object] = []
+
+    def fake_allocate(
+        cls, shape, element_type, device_type="cpu", device_id=0, vendor_id=-1, memory_info=None
+    ):  # noqa: ANN001, ANN202, E501
+        if memory_info is pinned_marker:  # stands in for the CUDA EP's HOST_ACCESSIBLE memory
+            value = allocate(cls, shape, element_type, "cpu", 0)
+            allocated.append(value)
+            return value
+        return allocate(cls, shape, element_type, device_type, device_id)
+
+    monkeypatch.setattr(onnxruntime.OrtValue, "ortvalue_from_shape_and_type", classmethod(fake_allocate))
+    session = onnxruntime.InferenceSession(kit.build_model(tmp_path / "tone.onnx"), providers=[CPU_PROVIDER])
+    bound = BoundInstance(
+        session, "cpu", 0, [1, 4], kit.WINDOW, len(kit.LABELS), pinned_memory_info=pinned_marker
+    )
+    staging = bound._buckets[4].staging
+    assert len(allocated) == 2 and staging.ctypes.data == bound._buckets[4].pinned.data_ptr()
+    np.testing.assert_allclose(bound.run(_windows(3)), kit.reference_probs(_windows(3)), atol=1e-5)
+    np.testing.assert_array_equal(staging[:3], _windows(3))  # padded in place, in the pinned rows
+    assert not staging[3:].any()
+
+    def no_api(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise TypeError("unexpected keyword argument 'memory_info'")
+
+    monkeypatch.setattr(onnxruntime.OrtValue, "ortvalue_from_shape_and_type", classmethod(
+        lambda cls, *a, memory_info=None, **k: no_api() if memory_info is not None else allocate(cls, *a, **k)
+    ))  # fmt: skip
+    fallback = BoundInstance(
+        session, "cpu", 0, [2], kit.WINDOW, len(kit.LABELS), pinned_memory_info=pinned_marker
+    )
+    assert fallback._buckets[2].pinned is None
+    np.testing.assert_allclose(fallback.run(_windows(2)), kit.reference_probs(_windows(2)), atol=1e-5)
