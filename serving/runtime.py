@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +303,11 @@ class OnnxModel:
         """One callable per instance, for :class:`serving.batcher.Batcher`."""
         return [lambda windows, i=i: self.run(windows, instance=i) for i in range(self.instances)]
 
+    def last_phases(self, instance: int = 0) -> dict[str, float] | None:
+        """h2d / compute / d2h seconds of the instance's last batch; None where ORT copies nothing
+        separately (the CPU EP reads the numpy input in place)."""
+        return self._instances[instance].last_phases
+
     def _open(
         self, source: str, options: ort.SessionOptions, providers: list[Provider]
     ) -> ort.InferenceSession:
@@ -426,6 +432,10 @@ class OnnxModel:
 
 
 class _Instance:
+    session: ort.InferenceSession
+    last_phases: dict[str, float] | None = None
+    """Seconds of the last batch's host->device copy, compute and device->host copy (bound I/O only)."""
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -523,11 +533,22 @@ class BoundInstance(_Instance):
             return np.concatenate([self.run(batch[i : i + largest]) for i in range(0, n, largest)])
         bucket = self._buckets[size]
         with self._lock:
+            started = time.perf_counter()
             bucket.staging[:n] = batch
             bucket.staging[n:] = 0.0  # padding rows: finite input, results dropped
             # From pinned staging the driver copies by DMA straight away; pageable memory is staged.
             bucket.input.update_inplace(bucket.staging)
             bucket.binding.synchronize_inputs()
-            self.session.run_with_iobinding(bucket.binding, bucket.run_options)
+            copied_in = time.perf_counter()
+            self.session.run_with_iobinding(bucket.binding, bucket.run_options)  # returns once computed
+            computed = time.perf_counter()
             probs = bucket.output.numpy()  # the one device -> host copy (for a CPU OrtValue, a view)
-            return np.array(probs[:n], dtype=np.float32, copy=True)
+            result = np.array(probs[:n], dtype=np.float32, copy=True)
+            done = time.perf_counter()
+            # Each step is synchronous, so host wall time splits the batch into Triton's phases.
+            self.last_phases = {
+                "h2d": copied_in - started,
+                "compute": computed - copied_in,
+                "d2h": done - computed,
+            }
+            return result

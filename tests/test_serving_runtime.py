@@ -314,3 +314,28 @@ def test_pinned_staging_is_written_in_place_and_a_missing_api_falls_back(
     )
     assert fallback._buckets[2].pinned is None
     np.testing.assert_allclose(fallback.run(_windows(2)), kit.reference_probs(_windows(2)), atol=1e-5)
+
+
+def test_bound_io_reports_the_h2d_compute_d2h_split_and_lumen_bench_prints_it(
+    tmp_path: Path,
+    fake_cuda,
+    capsys: pytest.CaptureFixture[str],  # noqa: ANN001
+) -> None:
+    import json
+
+    from serving import bench
+
+    path = kit.build_model(tmp_path / "tone.onnx")
+    model = OnnxModel(path, device="cuda", max_batch_size=4)
+    assert model.last_phases() is None
+    model.run(_windows(3))
+    assert set(model.last_phases()) == {"h2d", "compute", "d2h"} and min(model.last_phases().values()) >= 0
+    assert OnnxModel(path).last_phases() is None  # CPU EP: nothing is copied separately
+
+    report = tmp_path / "bench.json"
+    argv = ["model", str(path), "--device", "cuda", "--batch-sizes", "1,3", "--iters", "2", "--warmup", "0"]
+    assert bench.main([*argv, "--threads", "1", "--json", str(report)]) == 0
+    assert "host->device" in capsys.readouterr().out
+    document = json.loads(report.read_text())
+    assert document["device"] == "cuda:0" and set(document["phases_ms"]) == {"1", "3"}
+    assert set(document["phases_ms"]["3"]) == {"h2d", "compute", "d2h"}
