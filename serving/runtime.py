@@ -333,6 +333,8 @@ class OnnxModel:
         except ArtifactError as exc:
             log.warning("%s: not using the fp16 sibling: %s", self.source, exc)
             return fp32
+        if half.get_providers()[0] != CUDA_PROVIDER:  # ORT fell back to the CPU: fp16 would only be slower
+            return fp32
         if not _same_model(meta, self.metadata):
             log.warning(
                 "%s: not using %s: it is not an export of the same checkpoint (labels, window, thresholds "
