@@ -43,7 +43,9 @@ def configs(cores: int) -> list[Config]:
     ]
 
 
-def measure(path: str, config: Config, batch: np.ndarray, batches: int) -> float:
+def measure(path: str, config: Config, batch: np.ndarray, batches: int) -> tuple[float, float]:
+    """(windows per wall second, CPU milliseconds per window): the second barely depends on what
+    else the machine runs, so it still ranks the configurations when wall time is noise."""
     sessions = [
         ort.InferenceSession(
             path, session_options(config.intra_op_threads), providers=["CPUExecutionProvider"]
@@ -65,10 +67,11 @@ def measure(path: str, config: Config, batch: np.ndarray, batches: int) -> float
     for thread in threads:
         thread.start()
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.join()
-    return per_caller * config.callers * len(batch) / (time.perf_counter() - started)
+    windows = per_caller * config.callers * len(batch)
+    return windows / (time.perf_counter() - started), 1000 * (time.process_time() - cpu_started) / windows
 
 
 def main() -> None:
@@ -84,34 +87,36 @@ def main() -> None:
     window = int(session.get_inputs()[0].shape[1])
     batch = np.random.default_rng(0).standard_normal((args.batch_size, window)).astype(np.float32) * 0.1
     rates: dict[str, list[float]] = {c.name: [] for c in configs(args.cores)}
+    costs: dict[str, list[float]] = {c.name: [] for c in configs(args.cores)}
     for _ in range(args.rounds):
         for config in configs(args.cores):
-            rates[config.name].append(measure(args.artifact, config, batch, args.batches))
+            rate, cost = measure(args.artifact, config, batch, args.batches)
+            rates[config.name].append(rate)
+            costs[config.name].append(cost)
     rows = []
     for config in configs(args.cores):
-        median = statistics.median(rates[config.name])
+        rate, cost = statistics.median(rates[config.name]), statistics.median(costs[config.name])
+        runs = [round(r, 1) for r in rates[config.name]]
         rows.append(
             {
                 **asdict(config),
-                "windows_per_s": round(median, 1),
-                "runs": [round(r, 1) for r in rates[config.name]],
+                "windows_per_s": round(rate, 1),
+                "cpu_ms_per_window": round(cost, 3),
+                "runs": runs,
             }
         )
         print(
-            f"{config.name:50s} {median:8.1f} windows/s  (runs: {', '.join(f'{r:.0f}' for r in rates[config.name])})"
+            f"{config.name:50s} {rate:7.1f} windows/s {cost:6.2f} CPU ms/window (runs: {', '.join(f'{r:.0f}' for r in runs)})"
         )
     if args.json:
+        document = {
+            "artifact": args.artifact,
+            "batch_size": args.batch_size,
+            "cores": args.cores,
+            "results": rows,
+        }
         with open(args.json, "w") as out:
-            json.dump(
-                {
-                    "artifact": args.artifact,
-                    "batch_size": args.batch_size,
-                    "cores": args.cores,
-                    "results": rows,
-                },
-                out,
-                indent=2,
-            )
+            json.dump(document, out, indent=2)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ budget is the smallest of
 
 rounded down to whole CPUs (at least 1): a thread on a fractional CPU would be throttled part of
 every period. The split (:func:`split_budget`) gives ONNX Runtime and the decode pool their shares
-and leaves the event loop its own thread.
+and, from 4 CPUs, leaves the event loop its own thread.
 """
 
 from __future__ import annotations
@@ -135,11 +135,14 @@ class ThreadBudget:
     """ONNX Runtime intra-op threads per instance (``instances`` of them compute at once)."""
     decode_workers: int
     event_loop: int = 1
+    overlap: bool = False
+    """True below 4 threads: ORT and decoding may each use every thread (they alternate per request)."""
 
     def describe(self) -> str:
+        shared = ", the pools overlap (fewer than 4 CPUs)" if self.overlap else ""
         return (
             f"{self.total} CPU threads: ONNX Runtime {self.instances} instance(s) x {self.intra_op_threads} "
-            f"intra-op thread(s), {self.decode_workers} decode worker(s), {self.event_loop} event loop"
+            f"intra-op thread(s), {self.decode_workers} decode worker(s), {self.event_loop} event loop{shared}"
         )
 
     def as_gauges(self) -> dict[str, int]:
@@ -162,21 +165,25 @@ def split_budget(
 ) -> ThreadBudget:
     """Share ``total`` threads between ONNX Runtime, decoding and the event loop.
 
-    CPU: decoding a clip costs about as much as the small CNNs' inference on it (benchmarks/
-    RESULTS.md), so decode workers get half the budget and ORT the other half, divided among the
-    instances that compute at once; with 2 threads that is 1 + 1 (ORT's pool no longer competes
-    with the decoders for the same two cores). The event loop runs in the gaps (it is mostly
-    waiting) and is not given a core of its own below 4. CUDA: the GPU computes, an instance needs
-    one CPU thread to launch kernels, so decoding gets the rest. Explicit ``intra_op_threads`` /
-    ``decode_workers`` (the command-line flags) win over the split.
+    CPU, 4 threads or more: decoding a clip costs about as much as the small CNNs' inference on it
+    (benchmarks/RESULTS.md), so after one thread for the event loop, decode workers get half and
+    ORT the other half, divided among the instances that compute at once: nothing oversubscribes.
+    Below 4 threads a partition would leave a core idle whenever one side waits for the other
+    (a request is decoded, then inferred), so both pools may use every thread (``overlap``); that
+    is also what the server did before the budget, and what measured best on 2 cores. CUDA: the GPU
+    computes, an instance needs one CPU thread to launch kernels, decoding gets the rest.
+    Explicit ``intra_op_threads`` / ``decode_workers`` (the command-line flags) win over the split.
     """
     if total < 1 or instances < 1:
         raise ValueError(f"need total >= 1 and instances >= 1, got {total}, {instances}")
-    loop = 1 if total >= 4 else 0  # a dedicated core only when there are cores to spare
-    workers = total - loop
+    overlap = total < 4
+    workers = total if overlap else total - 1  # the event loop's own thread, when there are cores to spare
     if on_cuda:
         auto_intra = 1
-        auto_decode = max(1, workers - instances)
+        auto_decode = workers if overlap else max(1, workers - instances)
+    elif overlap:
+        auto_intra = max(1, total // instances)
+        auto_decode = total
     else:
         auto_decode = max(1, workers // 2)
         auto_intra = max(1, (workers - auto_decode) // instances)
@@ -185,4 +192,5 @@ def split_budget(
         instances=instances,
         intra_op_threads=intra_op_threads or auto_intra,
         decode_workers=decode_workers or auto_decode,
+        overlap=overlap,
     )
