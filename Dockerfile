@@ -4,6 +4,10 @@
 #   docker run --rm -p 8090:8090 lumen-serve                                  # the bundled demo model
 #   docker run --rm -p 8090:8090 -v $PWD/models:/models:ro lumen-serve --model-dir /models
 #
+# Threads: lumen-serve sizes ONNX Runtime and the decode pool from the CPUs the container may use
+# (`docker run --cpus 2` sets a cgroup quota it reads; LUMEN_CPU_THREADS or --cpu-threads override),
+# never from the host's core count, and prints the split at start.
+#
 # GPU hosts: build on a CUDA runtime image and install the gpu extra instead of cpu, then run with
 # `--gpus all` and pass `--device cuda:0`:
 #   docker build -t lumen-serve:gpu \

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="output file (default: next to CKPT, e.g. best.ckpt -> best.onnx)",
+        help="output file (default: next to CKPT, e.g. best.ckpt -> best.onnx, with --fp16 best.fp16.onnx)",
     )
     parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})"
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fp16",
         action="store_true",
-        help="ONNX only: float16 backbone/head for GPU serving (front-end log and sigmoid stay float32)",
+        help="ONNX only: float16 backbone/head for GPU serving (front-end log and sigmoid stay float32); "
+        "lumen-serve --device cuda serves X.fp16.onnx in place of X.onnx when both exist",
     )
     parser.add_argument(
         "--batch-hint",
@@ -162,6 +163,9 @@ def _audio_windows(path: Path, loaded: LoadedCheckpoint) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out: Path = args.out if args.out is not None else default_output(args.ckpt, args.format)
+    if args.out is None and args.fp16 and args.format == "onnx":
+        # best.fp16.onnx beside best.onnx: what lumen-serve --device cuda picks up automatically
+        out = out.with_name(out.stem + ".fp16.onnx")
     started = time.perf_counter()
     try:
         loaded = load_checkpoint(args.ckpt)  # first: an .onnx passed as CKPT is "not a checkpoint"

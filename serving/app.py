@@ -758,10 +758,13 @@ def create_app(settings: Settings) -> Litestar:
     """A ready-to-serve app; models start loading in the lifespan, ``/ready`` says when they are warm."""
     settings.validate()
     metrics = ServerMetrics()
+    metrics.thread_budget(settings.budget.as_gauges())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        decode_pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
+        decode_pool = ThreadPoolExecutor(
+            max_workers=settings.budget.decode_workers, thread_name_prefix="decode"
+        )
         registry = ModelRegistry(settings, observer=metrics)
         app.state.server = Server(
             settings=settings,
@@ -771,7 +774,7 @@ def create_app(settings: Settings) -> Litestar:
                 metrics,
                 settings.decode_limits,
                 request_budget_bytes=settings.max_request_bytes,
-                decode_concurrency=settings.decode_workers,
+                decode_concurrency=settings.budget.decode_workers,
             ),
             roots=DataRoots(settings.data_roots),
             metrics=metrics,

@@ -11,14 +11,19 @@ never blocks on ONNX Runtime (which releases the GIL). A batch starts when
   for its results. Waiting longer could only add latency (at concurrency 1 the delay would be
   pure overhead), so this rule keeps the single-request path as fast as calling the model directly.
 
-Batches of one model run one at a time: while one computes, the next one fills, which is where the
-batching comes from under load. The queue is bounded in windows. A request is admitted as a whole
-before it decodes anything: :meth:`Batcher.reserve` books all of its windows or none, so a
-multi-file upload never half-runs and then fails, and a full queue costs the client a header read,
-not a decode. An upload that could never fit (more windows than ``max_queue``) is
-:class:`RequestTooLarge` (413); one that does not fit now is :class:`QueueFull` (503 + Retry-After).
-Background work (directory jobs) waits for room instead, and only while the queue is less than
-half full, so a long directory job can never keep uploads at 503.
+Up to ``instances`` batches of one model are in flight at once (Triton's model instances): each
+instance is a callable the scheduler never runs twice at the same time (its own ORT session with its
+own device buffers, or one thread-safe session shared by every instance), so host->device copy,
+compute and device->host copy of one batch overlap with the others. While every instance computes,
+the next batch fills, which is where the batching comes from under load. A batch is assembled
+(``np.concatenate``) and run in its worker thread, never on the event loop; results are routed by
+row ranges, so batches may finish in any order. The queue is bounded in windows; a full queue raises
+A request is admitted as a whole before it decodes anything: :meth:`Batcher.reserve` books all of
+its windows or none, so a multi-file upload never half-runs and then fails, and a full queue costs
+the client a header read, not a decode. An upload that could never fit (more windows than
+``max_queue``) is :class:`RequestTooLarge` (413); one that does not fit now is :class:`QueueFull`
+(503 + Retry-After). Background work (directory jobs) waits for room instead, and only while the
+queue is less than half full, so a long directory job can never keep uploads at 503.
 A cancelled submit (client gone) removes its windows that have not started computing.
 
 The scheduler task is supervised: an unexpected error in it fails the requests of the batch it was
@@ -34,7 +39,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -43,6 +48,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _assemble_and_run(run: RunFn, pieces: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """In the worker thread: one ``[B, window]`` batch from the requests' rows, its probabilities and
+    the seconds the model alone took (assembly excluded, so the metric is compute only)."""
+    batch = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    started = time.perf_counter()
+    probs = run(batch)
+    return probs, time.perf_counter() - started
 
 
 class QueueFull(RuntimeError):
@@ -194,24 +208,36 @@ class Producer:
 class Batcher:
     def __init__(
         self,
-        run: RunFn,
+        run: RunFn | Sequence[RunFn],
         *,
         name: str,
         max_batch_size: int,
         max_delay_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        instances: int | None = None,
     ) -> None:
+        """``run`` is one thread-safe callable (run by ``instances`` threads, default 1) or a sequence
+        of callables, one per instance (``instances`` defaults to its length)."""
+        runs = [run] if callable(run) else list(run)
+        if instances is None:
+            instances = len(runs)
+        if len(runs) == 1:
+            runs = runs * instances
         if max_batch_size < 1 or max_queue < max_batch_size or max_delay_s < 0:
             raise ValueError(
                 f"need max_batch_size >= 1, max_queue >= max_batch_size, max_delay_s >= 0; got "
                 f"{max_batch_size}, {max_queue}, {max_delay_s}"
             )
+        if instances < 1 or len(runs) != instances:
+            raise ValueError(f"need instances >= 1 and one run callable or one per instance; got {instances}")
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
-        self._run = run
+        self.instances = instances
+        self._free: deque[RunFn] = deque(runs)  # instances not computing a batch right now
+        self._flights: set[asyncio.Task[None]] = set()
         self._observer: BatchObserver = observer or _NullObserver()
         self._queue: deque[_Request] = deque()
         self._queued = 0  # windows not yet handed to a batch
@@ -220,7 +246,7 @@ class Batcher:
         self._producers = 0
         self._waiting_producers = 0
         self._users = 0  # requests holding this batcher (see use()); close() waits for them
-        self._busy = False
+        self._in_flight = 0  # batches computing
         self._batch_seconds = 0.0  # moving average, for Retry-After
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -228,12 +254,12 @@ class Batcher:
         self._idle.set()
         self._closing = False
         self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"infer-{name}")
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name=f"batcher-{name}")
 
     @property
     def queued(self) -> int:
-        """Windows waiting for a batch (not counting the one computing)."""
+        """Windows waiting for a batch (not counting those computing)."""
         return self._queued
 
     @contextlib.contextmanager
@@ -327,8 +353,8 @@ class Batcher:
         self._update_idle()
 
     def _retry_after(self) -> int:
-        batches_ahead = math.ceil(self.occupancy / self.max_batch_size)
-        return max(1, math.ceil(batches_ahead * self._batch_seconds))
+        rounds_ahead = math.ceil(self.occupancy / (self.max_batch_size * self.instances))
+        return max(1, math.ceil(rounds_ahead * self._batch_seconds))
 
     def _ready_to_run(self, now: float) -> bool:
         if self._queued >= self.max_batch_size or self._closing:
@@ -348,7 +374,6 @@ class Batcher:
                 self._observer.scheduler_restart(self.name)
                 self._fail(self._current, RuntimeError(f"inference failed: scheduler error ({exc})"))
                 self._current = []
-                self._busy = False
                 self._update_idle()
 
     def _fail(self, parts: list[tuple[_Request, int, int]], error: Exception) -> None:
@@ -361,7 +386,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
-            if not self._queue:
+            if not self._queue or not self._free:  # nothing to run, or every instance is computing
                 self._update_idle()
                 await self._wake.wait()
                 continue
@@ -372,26 +397,52 @@ class Batcher:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
             parts = self._current = self._take_batch()
-            batch = np.concatenate([r.windows[lo:hi] for r, lo, hi in parts])
-            self._busy = True
-            started = time.perf_counter()
+            run = self._free.popleft()
+            self._in_flight += 1
+            self._current = []  # from here on the flight owns these parts
+            flight = loop.create_task(self._run_batch(run, parts), name=f"batch-{self.name}")
+            self._flights.add(flight)
+            flight.add_done_callback(self._flights.discard)
+
+    async def _run_batch(self, run: RunFn, parts: list[tuple[_Request, int, int]]) -> None:
+        """One batch on one instance: assembly and inference in a worker thread, delivery on the loop.
+
+        Whatever goes wrong, every request of the batch gets an answer: an inference error fails
+        them (counted as ``batch_failed``), an unexpected error here too (``scheduler_restart``).
+        """
+        pieces = [request.windows[lo:hi] for request, lo, hi in parts]  # views: no copy on the loop
+        size = sum(len(piece) for piece in pieces)
+        try:
             try:
-                probs = await loop.run_in_executor(self._executor, self._run, batch)
-            except Exception as exc:  # a failing model fails the requests in this batch, not the server
-                log.exception("model %r: inference failed for a batch of %d windows", self.name, len(batch))
-                self._observer.batch_failed(self.name, int(batch.shape[0]))
-                self._fail(parts, RuntimeError(f"inference failed: {exc}"))
-                self._current = []
-                continue
+                probs, elapsed = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, _assemble_and_run, run, pieces
+                )
             finally:
-                self._busy = False
-            elapsed = time.perf_counter() - started
+                self._in_flight -= 1
+                self._free.append(run)
+                self._wake.set()
+        except Exception as exc:  # a failing model fails the requests in this batch, not the server
+            log.error(
+                "model %r: inference failed for a batch of %d windows",
+                self.name,
+                size,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+            self._observer.batch_failed(self.name, size)
+            self._fail(parts, RuntimeError(f"inference failed: {exc}"))
+            return
+        try:
             self._batch_seconds = (
                 elapsed if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * elapsed
             )
-            self._observer.batch_done(self.name, int(batch.shape[0]), elapsed)
+            self._observer.batch_done(self.name, size, elapsed)
             self._deliver(parts, probs)
-            self._current = []
+        except Exception as exc:  # a bug after inference: still answer every request of the batch
+            log.exception("model %r: delivering a batch failed", self.name)
+            self._observer.scheduler_restart(self.name)
+            self._fail(parts, RuntimeError(f"inference failed: scheduler error ({exc})"))
+        finally:
+            self._update_idle()
 
     def _take_batch(self) -> list[tuple[_Request, int, int]]:
         """Up to ``max_batch_size`` rows from the front of the queue, oldest first."""
@@ -431,7 +482,7 @@ class Batcher:
         self._update_idle()
 
     def _update_idle(self) -> None:
-        if not self._queue and not self._busy and self._producers == 0 and self._users == 0:
+        if not self._queue and not self._in_flight and self._producers == 0 and self._users == 0:
             self._idle.set()
 
     async def close(self) -> None:

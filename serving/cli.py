@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,9 +16,11 @@ from pathlib import Path
 import uvicorn
 
 from serving.app import create_app
-from serving.settings import Settings, default_decode_workers
+from serving.cpu_budget import cpu_limit
+from serving.settings import Settings
 
 PROG = "lumen-serve"
+CPU_THREADS_ENV = "LUMEN_CPU_THREADS"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -71,7 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="queued windows per model before new requests get 503 + Retry-After",
     )
-    p.add_argument("--intra-op-threads", type=int, default=None, help="ONNX Runtime threads per session")
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=_env_int(CPU_THREADS_ENV),
+        help=f"CPU threads to share between ONNX Runtime, decoding and the event loop (default: ${CPU_THREADS_ENV}, "
+        "else the CPUs this process may use: affinity and cgroup quota)",
+    )
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads per instance (default: from --cpu-threads)",
+    )
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        help="batches in flight per model, each on its own ORT session on CUDA (default: 1 on CPU, 2 on CUDA)",
+    )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="CUDA only: capture one CUDA graph per batch-size bucket (needs every node on the CUDA EP)",
+    )
     p.add_argument(
         "--data-root",
         dest="data_roots",
@@ -137,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode-workers",
         dest="decode_workers",
         type=int,
-        default=default_decode_workers(),
-        help="threads that decode and resample audio",
+        default=None,
+        help="threads that decode and resample audio (default: from --cpu-threads)",
     )
     p.add_argument(
         "--directory-chunk-files", type=int, default=32, help="files in flight at a time per directory job"
@@ -159,8 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _env_int(name: str) -> int | None:
+    """An integer from the environment (how the k8s manifest passes the container's CPU limit)."""
+    value = os.environ.get(name, "").strip()
+    try:
+        return int(value) if value else None
+    except ValueError:
+        raise SystemExit(f"{PROG}: error: ${name} must be a whole number of CPUs, got {value!r}") from None
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     values = vars(args).copy()
+    if values["cpu_threads"] is None:
+        del values["cpu_threads"]  # the Settings default: what this process may use
     values["models"] = tuple(values["models"])
     values["data_roots"] = tuple(values["data_roots"] or (Path("data"),))
     return Settings(**values).validate()
@@ -185,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--data-root %s does not exist; paths below it will be reported as not found", root
             )
 
+    limit = cpu_limit()
+    source = "--cpu-threads" if args.cpu_threads is not None else limit.describe()
+    print(f"{PROG}: cpu budget: {settings.budget.describe()} ({source})", flush=True)
     app = create_app(settings)
     print(
         f"{PROG}: serving {settings.model_dir} on http://{settings.host}:{settings.port} "

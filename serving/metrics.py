@@ -63,6 +63,13 @@ class ServerMetrics:
         self.windows = Counter(
             "lumen_windows_processed", "Windows run through a model", ["model"], registry=self.registry
         )
+        self.cpu_threads = Gauge(
+            "lumen_cpu_threads",
+            "The CPU thread budget (--cpu-threads) and its split: total, ORT intra-op threads per instance, "
+            "ORT instances, decode workers, event loop",
+            ["part"],
+            registry=self.registry,
+        )
         self.decode_errors = Counter(
             "lumen_decode_errors", "Files that could not be decoded", ["model"], registry=self.registry
         )
@@ -123,6 +130,10 @@ class ServerMetrics:
 
     def reject(self, reason: str) -> None:
         self.rejected_requests.labels(reason).inc()
+
+    def thread_budget(self, parts: dict[str, int]) -> None:
+        for part, threads in parts.items():
+            self.cpu_threads.labels(part).set(threads)
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()

@@ -236,14 +236,22 @@ class ModelRegistry:
         return sorted(sizes)
 
     def _load_blocking(self, path: Path) -> OnnxModel:
-        model = OnnxModel(path, self.settings.device, self.settings.intra_op_threads)
+        budget = self.settings.budget
+        model = OnnxModel(
+            path,
+            self.settings.device,
+            budget.intra_op_threads,
+            instances=budget.instances,
+            max_batch_size=self.settings.max_batch_size,
+            cuda_graph=self.settings.cuda_graph,
+        )
         model.warmup(self._warmup_sizes())
         return model
 
     async def _load(self, entry: ModelEntry) -> LoadedModel:
         model = await asyncio.to_thread(self._load_blocking, entry.path)
         batcher = Batcher(
-            model.run,
+            model.runners,
             name=entry.id,
             max_batch_size=self.settings.max_batch_size,
             max_delay_s=self.settings.max_batch_delay_s,

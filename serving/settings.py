@@ -6,19 +6,15 @@ Keeping argv parsing out of the app (see :mod:`serving.cli`) lets tests build an
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from common.audio import DecodeLimits
-from serving.runtime import parse_device
+from serving.cpu_budget import ThreadBudget, split_budget, usable_cpus
+from serving.runtime import default_instances, parse_device
 
 MIB = 1024 * 1024
-
-
-def default_decode_workers() -> int:
-    """Decode/resample threads: soxr and libsndfile release the GIL, so one per core pays off."""
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +32,12 @@ class Settings:
     max_queue: int = 1024
     """Windows waiting for a batch, over all requests of one model; beyond it requests get 503."""
     intra_op_threads: int | None = None
+    """ONNX Runtime intra-op threads per instance; None: from the thread budget."""
+    instances: int | None = None
+    """Batches in flight per model (one ORT session or a share of one each); None: 1 on CPU, 2 on CUDA."""
+    cuda_graph: bool = False
+    cpu_threads: int = field(default_factory=usable_cpus)
+    """The CPU thread budget split between ORT, decoding and the event loop (see serving.cpu_budget)."""
     data_roots: tuple[Path, ...] = (Path("data"),)
     max_upload_mb: float = 50.0
     max_audio_seconds: float = 600.0
@@ -57,7 +59,8 @@ class Settings:
     add_instrument_metrics: bool = False
     hot_reload: bool = False
     reload_interval_s: float = 2.0
-    decode_workers: int = field(default_factory=default_decode_workers)
+    decode_workers: int | None = None
+    """Decode/resample threads; None: from the thread budget."""
     directory_chunk_files: int = 32
     """Files decoded and predicted at a time by directory jobs (bounds their memory)."""
     shutdown_grace_s: float = 30.0
@@ -86,6 +89,17 @@ class Settings:
     @property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0
+
+    @cached_property
+    def budget(self) -> ThreadBudget:
+        """``cpu_threads`` shared out; explicit ``intra_op_threads`` / ``decode_workers`` win."""
+        return split_budget(
+            self.cpu_threads,
+            instances=self.instances or default_instances(self.device),
+            on_cuda=parse_device(self.device).kind == "cuda",
+            intra_op_threads=self.intra_op_threads,
+            decode_workers=self.decode_workers,
+        )
 
     def validate(self) -> Settings:
         """Raise ValueError naming the first bad setting (as its command-line flag) and the fix."""
@@ -122,7 +136,15 @@ class Settings:
             ),
             (self.body_timeout_s > 0, f"--body-timeout must be > 0, got {self.body_timeout_s}"),
             (self.reload_interval_s > 0, f"--reload-interval must be > 0, got {self.reload_interval_s}"),
-            (self.decode_workers >= 1, f"--num-workers must be >= 1, got {self.decode_workers}"),
+            (
+                self.decode_workers is None or self.decode_workers >= 1,
+                f"--num-workers must be >= 1, got {self.decode_workers}",
+            ),
+            (
+                self.instances is None or self.instances >= 1,
+                f"--instances must be >= 1, got {self.instances}",
+            ),
+            (self.cpu_threads >= 1, f"--cpu-threads must be >= 1, got {self.cpu_threads}"),
             (
                 self.directory_chunk_files >= 1,
                 f"--directory-chunk-files must be >= 1, got {self.directory_chunk_files}",

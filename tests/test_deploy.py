@@ -87,3 +87,11 @@ def test_the_memory_limit_covers_the_worst_case_of_the_admission_limits() -> Non
         settings.max_upload_mb + settings.max_request_mb
     )
     assert _mib(container["resources"]["limits"]["memory"]) >= worst
+
+
+def test_the_thread_budget_follows_the_container_cpu_limit() -> None:
+    container = _container()
+    (env,) = [e for e in container["env"] if e["name"] == "LUMEN_CPU_THREADS"]
+    assert env["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert "--intra-op-threads" not in container["args"]  # the budget splits the limit, no fixed pool
+    assert float(container["resources"]["limits"]["cpu"]) >= 1

@@ -206,9 +206,12 @@ def test_verification_prints_every_case_at_both_ort_optimisation_levels(small_cn
 
 def test_fp16_keeps_float32_io_log_and_sigmoid(small_cnn, tmp_path) -> None:
     ckpt, model, config = small_cnn
-    out = tmp_path / "half.onnx"
-    status, stdout = run_cli([str(ckpt), "--fp16", "--out", str(out)])
+    copy = tmp_path / "half.ckpt"
+    copy.write_bytes(ckpt.read_bytes())
+    status, stdout = run_cli([str(copy), "--fp16"])
     assert status == 0, stdout
+    out = tmp_path / "half.fp16.onnx"  # beside the fp32 name, where lumen-serve --device cuda looks
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.ckpt", "half.fp16.onnx"]
     assert "tolerance 0.01" in stdout
     graph = onnx.load(str(out))
     types = elem_types(graph)

@@ -447,9 +447,9 @@ def test_a_full_queue_answers_503_with_retry_after(workspace: Path, monkeypatch:
     gate.set()
     original = OnnxModel.run
 
-    def held_run(self: OnnxModel, windows: np.ndarray) -> np.ndarray:
+    def held_run(self: OnnxModel, windows: np.ndarray, instance: int = 0) -> np.ndarray:
         assert gate.wait(HANG_GUARD_S)
-        return original(self, windows)
+        return original(self, windows, instance)
 
     monkeypatch.setattr(OnnxModel, "run", held_run)
     frames = sf.info(str(workspace / "data" / "songs" / "s0.wav")).frames
@@ -558,10 +558,10 @@ def test_a_reload_lets_in_flight_requests_finish_on_the_old_model(
     gate = threading.Event()
     original = OnnxModel.run
 
-    def held_run(self: OnnxModel, windows: np.ndarray) -> np.ndarray:
+    def held_run(self: OnnxModel, windows: np.ndarray, instance: int = 0) -> np.ndarray:
         if len(windows) == 5:  # the request's batch (one 0.6 s file); warm-up batches pass
             assert gate.wait(HANG_GUARD_S)
-        return original(self, windows)
+        return original(self, windows, instance)
 
     monkeypatch.setattr(OnnxModel, "run", held_run)
     models = tmp_path / "models"

@@ -247,3 +247,107 @@ def test_a_producer_that_gives_up_stops_holding_the_batch() -> None:
 
     np.testing.assert_array_equal(run(scenario())[:, 1], [0])
     assert model.batches == [1]
+
+
+class CountingModel(FakeModel):
+    """A slow fake that counts how many calls are inside it at once (held until ``gate`` opens)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            return super().__call__(batch)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_three_instances_run_three_batches_at_once_and_no_more() -> None:
+    model = CountingModel()
+    model.gate.clear()
+
+    async def scenario() -> tuple[int, int, list[np.ndarray]]:
+        batcher = make(model, instances=3, max_queue=64)
+        pending = [asyncio.ensure_future(batcher.submit(windows(100 * i, 4))) for i in range(5)]
+        await until(lambda: len(model.batches) == 3)
+        await asyncio.sleep(0.05)  # a 4th batch must not start while 3 instances are busy
+        started_while_held, queued_while_held = len(model.batches), batcher.queued
+        model.gate.set()
+        results = await asyncio.gather(*pending)
+        await batcher.close()
+        return started_while_held, queued_while_held, results
+
+    started, queued, results = run(scenario())
+    assert (started, queued) == (3, 8)
+    assert model.max_active == 3  # measured inside the fake: three batches overlapped
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result[:, 1], 100 * i + np.arange(4))
+
+
+def test_one_callable_per_instance_and_an_instance_never_runs_two_batches_at_once() -> None:
+    models = [CountingModel() for _ in range(2)]
+    for model in models:
+        model.gate.clear()
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = Batcher(models, name="fake", max_batch_size=2, max_delay_s=0.0, max_queue=64)
+        assert batcher.instances == 2
+        pending = [asyncio.ensure_future(batcher.submit(windows(10 * i, 3))) for i in range(6)]
+        await until(lambda: all(m.batches for m in models))
+        for model in models:
+            model.gate.set()
+        results = await asyncio.gather(*pending)
+        await batcher.close()
+        return results
+
+    results = run(scenario())
+    assert [m.max_active for m in models] == [1, 1]
+    assert sum(sum(m.batches) for m in models) == 18
+    for i, result in enumerate(results):  # rows routed back across batches that finished in any order
+        np.testing.assert_array_equal(result[:, 1], 10 * i + np.arange(3))
+
+
+def test_batches_are_assembled_in_the_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    real_concatenate = np.concatenate
+
+    def recording_concatenate(pieces, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        threads.append(threading.current_thread().name)
+        return real_concatenate(pieces, *args, **kwargs)
+
+    monkeypatch.setattr("serving.batcher.np.concatenate", recording_concatenate)
+    model = FakeModel()
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = make(model)
+        results = await asyncio.gather(batcher.submit(windows(0, 2)), batcher.submit(windows(10, 2)))
+        await batcher.close()
+        return results
+
+    first, second = run(scenario())
+    np.testing.assert_array_equal(second[:, 1], [10, 11])
+    assert threads and all(name.startswith("infer-fake") for name in threads)
+
+
+def test_instances_must_match_the_callables() -> None:
+    async def scenario() -> None:
+        with pytest.raises(ValueError, match="instances >= 1"):
+            Batcher(
+                [FakeModel(), FakeModel()],
+                name="x",
+                max_batch_size=1,
+                max_delay_s=0.0,
+                max_queue=4,
+                instances=3,
+            )
+        with pytest.raises(ValueError, match="instances >= 1"):
+            Batcher(FakeModel(), name="x", max_batch_size=1, max_delay_s=0.0, max_queue=4, instances=0)
+
+    run(scenario())

@@ -179,3 +179,19 @@ def test_sigterm_lets_a_running_stream_finish(workspace: Path) -> None:
     assert running.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
     assert lines[-1] == {"type": "summary", "model": MODEL, "n_files": 12, "n_errors": 0}
     assert len(lines) == 13
+
+
+def test_the_cpu_budget_flags_and_environment_shape_the_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_from_args(build_parser().parse_args(["--cpu-threads", "8", "--instances", "2"]))
+    assert (settings.budget.instances, settings.budget.intra_op_threads, settings.budget.decode_workers) == (
+        2,
+        2,
+        3,
+    )
+    explicit = ["--cpu-threads", "8", "--intra-op-threads", "5", "--num-workers", "1"]
+    budget = settings_from_args(build_parser().parse_args(explicit)).budget
+    assert (budget.intra_op_threads, budget.decode_workers) == (5, 1)
+    monkeypatch.setenv("LUMEN_CPU_THREADS", "4")  # what deploy/k8s.yaml sets from limits.cpu
+    assert settings_from_args(build_parser().parse_args([])).cpu_threads == 4
+    cuda = settings_from_args(build_parser().parse_args(["--device", "cuda", "--cpu-threads", "16"])).budget
+    assert (cuda.instances, cuda.intra_op_threads, cuda.decode_workers) == (2, 1, 13)

@@ -416,9 +416,9 @@ def test_requests_beyond_the_concurrency_limit_get_503_before_their_body_is_read
     gate = threading.Event()
     original = OnnxModel.run
 
-    def held(self: OnnxModel, windows: np.ndarray) -> np.ndarray:
+    def held(self: OnnxModel, windows: np.ndarray, instance: int = 0) -> np.ndarray:
         assert gate.wait(HANG_GUARD_S)
-        return original(self, windows)
+        return original(self, windows, instance)
 
     gate.set()
     monkeypatch.setattr(OnnxModel, "run", held)  # before the app: the batcher binds run at load
@@ -490,10 +490,10 @@ def test_an_inference_failure_is_counted_and_a_request_that_got_nothing_is_500(
     failing = threading.Event()
     original = OnnxModel.run
 
-    def run(self: OnnxModel, windows: np.ndarray) -> np.ndarray:
+    def run(self: OnnxModel, windows: np.ndarray, instance: int = 0) -> np.ndarray:
         if failing.is_set():
             raise FakeOrtFail("kernel exploded")
-        return original(self, windows)
+        return original(self, windows, instance)
 
     monkeypatch.setattr(OnnxModel, "run", run)  # before the app: the batcher binds run at load
     app = create_app(settings(workspace))
