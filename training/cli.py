@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--nofinetune-head", dest="finetune_head", action="store_false", help="train everything")
     opt.add_argument("--finetune-head-epochs", type=int)
     opt.add_argument(
+        "--freeze-train-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="head-only phase: let the frozen layers' BatchNorm running statistics adapt (default: off, "
+        "the frozen part is in eval mode: fixed BatchNorm statistics, no dropout)",
+    )
+    opt.add_argument(
         "--head-after", metavar="LAYER", help="the head starts at this layer (default: model.head)"
     )
     opt.add_argument(
@@ -221,6 +228,7 @@ _FIELDS: dict[str, tuple[str | None, str]] = {
             "batch_size",
             "finetune_head",
             "finetune_head_epochs",
+            "freeze_train_bn",
             "head_after",
             "backbone_after",
             "metric",

@@ -135,6 +135,9 @@ class TrainConfig:
     num_workers: int = 2
     finetune_head: bool = True
     finetune_head_epochs: int = 1
+    # Seed name: True lets the frozen part's BatchNorm layers update their running statistics during
+    # the head-only phase; the default keeps them frozen (eval mode, as is dropout there).
+    freeze_train_bn: bool = False
     head_after: str | None = None
     backbone_after: str | None = None
     # Data
