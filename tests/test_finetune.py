@@ -106,7 +106,7 @@ def _fit(config: TrainConfig, ckpt_dir: Path | None = None, ckpt_path: Path | No
     return recorder.lrs
 
 
-@pytest.mark.parametrize("scheduler", ["PLATEAU", "COSINEANNEALING", "ONECYCLE", "NONE"])
+@pytest.mark.parametrize("scheduler", ["PLATEAU", "COSINEANNEALING", "ONECYCLE", "AUTO_LR", "NONE"])
 def test_resumed_run_follows_the_uninterrupted_lr_curve(tone_data, tmp_path, scheduler):
     config = _config(*tone_data, scheduler=scheduler)
     full = _fit(config, ckpt_dir=tmp_path)

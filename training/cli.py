@@ -46,6 +46,8 @@ QUICK_BATCHES_PER_EPOCH = 2
 # Set by the first process of a run so that DDP ranks started by Lightning's launcher (which re-run
 # this command with the same environment) write into the same run directory.
 RUN_DIR_ENV = "LUMEN_RUN_DIR"
+# AUTO_LR's peak, found once by the first process and inherited by the DDP ranks it launches.
+AUTO_LR_ENV = "LUMEN_AUTO_LR"
 LOG_EVERY_N_STEPS = 10
 STEP_SCHEDULERS = ("ONECYCLE", "AUTO_LR", "COSINEANNEALING")
 
@@ -138,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--lr-warmup", type=float, help="learning rate of the head-only phase (--finetune-head)")
     opt.add_argument("--lr-onecycle-max", type=float)
     opt.add_argument("--weight-decay", type=float)
-    opt.add_argument("--scheduler", help=names(SCHEDULERS))
+    opt.add_argument(
+        "--scheduler",
+        help=names(SCHEDULERS) + "; AUTO_LR: ONECYCLE peaking at Lightning's LR-finder suggestion, found "
+        "once (by the first process; DDP ranks share it; refused with --num-nodes > 1 or torchrun/SLURM "
+        "ranks) and kept on resume",
+    )
     opt.add_argument("--epochs", type=int)
     opt.add_argument("--batch-size", type=int)
     opt.add_argument(
@@ -374,7 +381,8 @@ class GracefulInterrupt:
         )
 
 
-def _check_resume(config: TrainConfig) -> None:
+def _check_resume(config: TrainConfig) -> dict[str, Any]:
+    """Refuse a --ckpt this run cannot continue; returns the checkpoint's stored config."""
     from training.checkpoint import CheckpointError, checkpoint_hparams, read_checkpoint
 
     data = read_checkpoint(config.ckpt)
@@ -396,6 +404,7 @@ def _check_resume(config: TrainConfig) -> None:
             f"{stored.get('epochs')}; a resumed {config.scheduler} schedule cannot change length "
             "(resume with the same values, or use --scheduler PLATEAU/NONE to extend a run)"
         )
+    return stored
 
 
 def find_lr(config: TrainConfig, module, datamodule) -> float:
@@ -425,6 +434,36 @@ def find_lr(config: TrainConfig, module, datamodule) -> float:
             "use --scheduler ONECYCLE with --lr-onecycle-max"
         )
     return float(suggestion)
+
+
+def _launched_elsewhere() -> bool:
+    """Ranks started by torchrun/SLURM/mpirun: each is its own ``lumen-train`` from the first line."""
+    return any(
+        int(os.environ.get(name) or 1) > 1 for name in ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+    )
+
+
+def auto_lr_peak(config: TrainConfig, module, datamodule) -> float:
+    """``AUTO_LR``'s ONECYCLE peak, found once per run so that every DDP rank trains with the same LR.
+
+    The LR finder runs in the first process only; the ranks that Lightning's launcher starts (which
+    re-run this command with its environment, as for :data:`RUN_DIR_ENV`) read its result from
+    :data:`AUTO_LR_ENV`. Ranks started by another launcher, or on other nodes, would each search on
+    their own data shard and could disagree, so that combination is refused.
+    """
+    inherited = os.environ.get(AUTO_LR_ENV)
+    if inherited:
+        return float(inherited)
+    if config.num_nodes > 1 or _launched_elsewhere():
+        raise ConfigError(
+            "--scheduler AUTO_LR with --num-nodes > 1 or ranks started by torchrun/SLURM/mpirun would run "
+            "the LR finder on every rank separately (and could give ranks different LRs); run the finder "
+            "in a single-node run (lumen-train --scheduler AUTO_LR ... prints its suggestion) and pass it "
+            "as --scheduler ONECYCLE --lr-onecycle-max LR"
+        )
+    peak = find_lr(config, module, datamodule)
+    os.environ[AUTO_LR_ENV] = repr(peak)
+    return peak
 
 
 def trainer_strategy(config: TrainConfig) -> str:
@@ -458,8 +497,7 @@ def train(config: TrainConfig) -> int:
     # metrics.csv shares the run folder with config.yaml and tensorboard/ on purpose.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    if config.ckpt:
-        _check_resume(config)
+    resumed = _check_resume(config) if config.ckpt else None
     datamodule = LumenDataModule(config)
     datamodule.load_items()
     module = LumenModule(
@@ -467,8 +505,12 @@ def train(config: TrainConfig) -> int:
         label_counts=label_counts(datamodule.train_items).tolist(),
         n_train_items=len(datamodule.train_items),
     )
-    if config.scheduler == "AUTO_LR":
-        peak = find_lr(config, module, datamodule)
+    if config.scheduler == "AUTO_LR" and resumed is not None:
+        # The restored ONECYCLE schedule carries the LRs; the finder is not run again.
+        config.lr, config.lr_onecycle_max = float(resumed["lr"]), float(resumed["lr_onecycle_max"])
+        print(f"{PROG}: AUTO_LR: resuming the checkpoint's ONECYCLE to {config.lr_onecycle_max:.3g}")
+    elif config.scheduler == "AUTO_LR":
+        peak = auto_lr_peak(config, module, datamodule)
         config.lr_onecycle_max, config.lr = peak, peak / 25.0  # OneCycle's default start ratio
         print(f"{PROG}: AUTO_LR: LR finder suggests {peak:.3g}; ONECYCLE from {config.lr:.3g} to {peak:.3g}")
 
@@ -565,8 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if owns_run_dir:  # the next run in this process (tests, notebooks) gets its own folder
+        if owns_run_dir:  # the next run in this process (tests, notebooks) gets its own folder and LR
             os.environ.pop(RUN_DIR_ENV, None)
+            os.environ.pop(AUTO_LR_ENV, None)
 
 
 if __name__ == "__main__":
