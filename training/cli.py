@@ -388,8 +388,9 @@ def _check_resume(config: TrainConfig) -> dict[str, Any]:
     data = read_checkpoint(config.ckpt)
     stored = checkpoint_hparams(config.ckpt, data)["config"]
     current = config.to_dict()
+    comparable = {**stored, "model": _flags_view(stored.get("model"), current["model"])}
     for key in ("model", "frontend", "labels"):
-        if stored.get(key) != current[key]:
+        if comparable.get(key) != current[key]:
             raise CheckpointError(
                 f"--ckpt {config.ckpt}: its {key} config differs from this run's flags; "
                 "resume with the flags it was trained with"
@@ -405,6 +406,18 @@ def _check_resume(config: TrainConfig) -> dict[str, Any]:
             "(resume with the same values, or use --scheduler PLATEAU/NONE to extend a run)"
         )
     return stored
+
+
+def _flags_view(stored_model: Any, current_model: dict[str, Any]) -> Any:
+    """The stored model config as flags would give it: ``--pretrained`` Hugging Face models write the
+    loaded architecture into ``backbone_kwargs`` (so checkpoints rebuild offline), which no flag sets."""
+    if (
+        isinstance(stored_model, dict)
+        and stored_model.get("pretrained")
+        and not current_model["backbone_kwargs"]
+    ):
+        return {**stored_model, "backbone_kwargs": {}}
+    return stored_model
 
 
 def find_lr(config: TrainConfig, module, datamodule) -> float:
@@ -498,21 +511,29 @@ def train(config: TrainConfig) -> int:
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     pl.seed_everything(config.seed, workers=True, verbose=False)
     resumed = _check_resume(config) if config.ckpt else None
+    if resumed is not None:
+        # The checkpoint's architecture (a --pretrained model's resolved config included); its weights
+        # replace the pretrained ones anyway, so the hub or --pretrained-source is not needed again.
+        config.model.backbone_kwargs = dict(resumed["model"].get("backbone_kwargs") or {})
     datamodule = LumenDataModule(config)
     datamodule.load_items()
     module = LumenModule(
         config,
         label_counts=label_counts(datamodule.train_items).tolist(),
         n_train_items=len(datamodule.train_items),
+        load_pretrained=resumed is None,
     )
     if config.scheduler == "AUTO_LR" and resumed is not None:
         # The restored ONECYCLE schedule carries the LRs; the finder is not run again.
         config.lr, config.lr_onecycle_max = float(resumed["lr"]), float(resumed["lr_onecycle_max"])
         print(f"{PROG}: AUTO_LR: resuming the checkpoint's ONECYCLE to {config.lr_onecycle_max:.3g}")
     elif config.scheduler == "AUTO_LR":
+        source = (
+            "the first process's LR finder suggested" if AUTO_LR_ENV in os.environ else "LR finder suggests"
+        )
         peak = auto_lr_peak(config, module, datamodule)
         config.lr_onecycle_max, config.lr = peak, peak / 25.0  # OneCycle's default start ratio
-        print(f"{PROG}: AUTO_LR: LR finder suggests {peak:.3g}; ONECYCLE from {config.lr:.3g} to {peak:.3g}")
+        print(f"{PROG}: AUTO_LR: {source} {peak:.3g}; ONECYCLE from {config.lr:.3g} to {peak:.3g}")
 
     finetune = FinetuneSchedule(config)
     finetune.check_layer_names(module.model)

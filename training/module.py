@@ -110,10 +110,12 @@ class LumenModule(pl.LightningModule):
         label_counts: list[int] | None = None,
         n_train_items: int | None = None,
         thresholds: list[float] | None = None,
+        load_pretrained: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
-        self.model = build_model(config)
+        # load_pretrained=False (a resumed run): the architecture only, the weights come from the ckpt.
+        self.model = build_model(config, load_pretrained=load_pretrained)
         self.loss_fn = build_loss(
             config.loss_function, config.loss_function_kwargs, config.labels, label_counts, n_train_items
         )
