@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--per-instrument-heads", action="store_true", default=None)
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--loss-function", help=names(LOSSES))
+    opt.add_argument(
+        "--loss-function",
+        help=names(LOSSES) + "; *_POS_WEIGHT: pos_weight = negatives/positives per label as the loss sees "
+        "them, counted over one simulated epoch of the training sampler and the mixing augmentations "
+        "(labels only, no audio decoded)",
+    )
     opt.add_argument("--loss-function-kwargs", nargs="+", metavar="K=V", help="e.g. gamma=2 alpha=0.25")
     opt.add_argument("--optimizer", help=names(OPTIMIZERS))
     opt.add_argument("--lr", type=float)
@@ -504,7 +509,8 @@ def train(config: TrainConfig) -> int:
     )
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from training.data import LumenDataModule, label_counts
+    from training.data import LumenDataModule
+    from training.label_stats import loss_label_counts
     from training.module import METRIC_KEYS, FinetuneSchedule, LumenModule
 
     # metrics.csv shares the run folder with config.yaml and tensorboard/ on purpose.
@@ -517,10 +523,15 @@ def train(config: TrainConfig) -> int:
         config.model.backbone_kwargs = dict(resumed["model"].get("backbone_kwargs") or {})
     datamodule = LumenDataModule(config)
     datamodule.load_items()
+    counts, n_examples = (
+        loss_label_counts(datamodule.train_items, config)
+        if config.loss_function.endswith("_POS_WEIGHT")
+        else (None, None)
+    )
     module = LumenModule(
         config,
-        label_counts=label_counts(datamodule.train_items).tolist(),
-        n_train_items=len(datamodule.train_items),
+        label_counts=None if counts is None else counts.tolist(),
+        n_train_items=n_examples,
         load_pretrained=resumed is None,
     )
     if config.scheduler == "AUTO_LR" and resumed is not None:

@@ -107,7 +107,7 @@ class LumenModule(pl.LightningModule):
         self,
         config: TrainConfig,
         *,
-        label_counts: list[int] | None = None,
+        label_counts: list[float] | None = None,
         n_train_items: int | None = None,
         thresholds: list[float] | None = None,
         load_pretrained: bool = True,
