@@ -120,8 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--n-mels", type=int)
     model.add_argument("--n-fft", type=int)
     model.add_argument("--hop-length", type=int)
-    model.add_argument("--f-min", type=float, help="lowest mel band edge, Hz (0)")
-    model.add_argument("--f-max", type=float, help="highest mel band edge, Hz (sample_rate / 2)")
+    model.add_argument(
+        "--f-min",
+        type=float,
+        help="lowest mel band edge, Hz (0); WAVELET: lowest centre frequency (0: 40 Hz)",
+    )
+    model.add_argument(
+        "--f-max",
+        type=float,
+        help="highest mel band edge, Hz (sample_rate / 2); WAVELET: highest centre frequency (0.4 x sample_rate)",
+    )
+    model.add_argument(
+        "--n-scales", type=int, help="WAVELET: complex-Morlet scales, log-spaced from --f-min to --f-max (64)"
+    )
     model.add_argument("--n-mfcc", type=int, help="MFCC coefficients (40)")
     model.add_argument(
         "--multi-n-ffts", nargs="+", type=int, metavar="N", help="MULTI_SPECTROGRAM FFT sizes (400 800 1600)"
@@ -212,6 +223,7 @@ _FIELDS: dict[str, tuple[str | None, str]] = {
     "f_min": ("frontend", "f_min"),
     "f_max": ("frontend", "f_max"),
     "n_mfcc": ("frontend", "n_mfcc"),
+    "n_scales": ("frontend", "n_scales"),
     "multi_n_ffts": ("frontend", "multi_n_ffts"),
     "model": ("model", "model"),
     "pretrained": ("model", "pretrained"),

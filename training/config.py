@@ -88,6 +88,8 @@ class FrontendConfig:
     n_mfcc: int = 40
     # MULTI_SPECTROGRAM: one log-mel channel per n_fft, all with the same hop and n_mels.
     multi_n_ffts: list[int] = field(default_factory=lambda: [400, 800, 1600])
+    # WAVELET: number of complex-Morlet scales (log-spaced centre frequencies from f_min to f_max).
+    n_scales: int = 64
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from training.config import ConfigError, ModelConfig, TrainConfig
-from training.frontend import AST_DEFAULT_MAX_FRAMES, SPECTROGRAM_TRANSFORMS, build_frontend
+from training.frontend import AST_DEFAULT_MAX_FRAMES, CNN_TRANSFORMS, build_frontend
 
 # lumen name -> timm architecture (ImageNet weights via timm's default pretrained tag).
 TIMM_MODELS: dict[str, str] = {
@@ -336,10 +336,9 @@ def _check_transform(name: str, transform: str) -> None:
     needs = {"AST": "AST", "WAV2VEC": "WAV2VEC"}.get(name)
     if needs is not None and transform != needs:
         raise ConfigError(f"--model {name} needs --audio-transform {needs} (got {transform})")
-    if needs is None and transform not in SPECTROGRAM_TRANSFORMS[:3]:
+    if needs is None and transform not in CNN_TRANSFORMS:
         raise ConfigError(
-            f"--model {name} takes a spectrogram: --audio-transform MEL_SPECTROGRAM, MFCC or "
-            f"MULTI_SPECTROGRAM (got {transform})"
+            f"--model {name} takes a spectrogram: --audio-transform {', '.join(CNN_TRANSFORMS)} (got {transform})"
         )
 
 
