@@ -30,6 +30,8 @@ MODEL_NAMES: tuple[str, ...] = (
     "RESNEXT101_64X4D",
     "AST",
     "WAV2VEC",
+    "WAV2VEC_CNN",
+    "MOBNET",
 )
 AUDIO_TRANSFORMS: tuple[str, ...] = (
     "MEL_SPECTROGRAM",

@@ -333,7 +333,7 @@ class LumenModel(nn.Module):
 
 
 def _check_transform(name: str, transform: str) -> None:
-    needs = {"AST": "AST", "WAV2VEC": "WAV2VEC"}.get(name)
+    needs = {"AST": "AST", "WAV2VEC": "WAV2VEC", "WAV2VEC_CNN": "WAV2VEC"}.get(name)
     if needs is not None and transform != needs:
         raise ConfigError(f"--model {name} needs --audio-transform {needs} (got {transform})")
     if needs is None and transform not in CNN_TRANSFORMS:
@@ -365,6 +365,16 @@ def build_model(config: TrainConfig, *, load_pretrained: bool = True) -> LumenMo
         frontend = build_frontend(config.frontend, ast_max_frames=backbone.max_length)
     elif name == "WAV2VEC":
         backbone, frontend = Wav2VecBackbone(cfg), build_frontend(config.frontend)
+    elif name == "WAV2VEC_CNN":
+        from training.seed_models import Wav2VecCnnBackbone
+
+        backbone, frontend = Wav2VecCnnBackbone(cfg), build_frontend(config.frontend)
+    elif name == "MOBNET":
+        from training.seed_models import MobnetBackbones, PerBackboneHeads
+
+        frontend = build_frontend(config.frontend)
+        backbone = MobnetBackbones(int(frontend.out_channels), cfg)
+        return LumenModel(frontend, backbone, PerBackboneHeads(cfg, backbone.out_features, cfg.num_labels))
     else:
         frontend = build_frontend(config.frontend, ast_max_frames=AST_DEFAULT_MAX_FRAMES)
         channels = int(frontend.out_channels)
