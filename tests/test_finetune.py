@@ -184,8 +184,11 @@ def test_head_phase_keeps_batchnorm_statistics_and_dropout_of_the_frozen_part(to
 
 def test_freeze_train_bn_lets_the_frozen_batchnorm_adapt(tone_data):
     config = _config(*tone_data, epochs=2, scheduler="NONE", freeze_train_bn=True)
-    recorder, _ = _bn_run(config)
+    recorder, module = _bn_run(config)
     assert recorder.before and recorder.changed == set(recorder.before)  # every running stat moved
+    bn = {n for n, m in module.model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    for modes in recorder.modes[0]:  # only the BatchNorm layers of the frozen part are in train mode
+        assert {n for n, on in modes.items() if on and n.startswith("backbone.")} == bn
 
 
 def test_head_after_freezes_only_the_modules_before_it(tone_data):

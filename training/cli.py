@@ -177,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--freeze-train-bn",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="head-only phase: let the frozen layers' BatchNorm running statistics adapt (default: off, "
-        "the frozen part is in eval mode: fixed BatchNorm statistics, no dropout)",
+        help="head-only phase: let the frozen layers' BatchNorm running statistics adapt, dropout there "
+        "stays off (default: off, the frozen part is in eval mode: fixed BatchNorm statistics, no dropout)",
     )
     opt.add_argument(
         "--head-after", metavar="LAYER", help="the head starts at this layer (default: model.head)"

@@ -331,7 +331,7 @@ class FinetuneSchedule(pl.Callback):
 
     Frozen means frozen: while only the head trains, every module before it is in eval mode, so BatchNorm
     running statistics do not move and dropout is off there (``--freeze-train-bn`` lets those BatchNorm
-    layers keep adapting their statistics, as the seed's flag did).
+    layers keep adapting their statistics, as the seed's flag did; dropout stays off).
 
     Resuming follows the uninterrupted LR curve: the scheduler does not step during the head phase, so
     its last LR (``get_last_lr()``, restored from the checkpoint with the scheduler) is the LR the first
@@ -370,8 +370,12 @@ class FinetuneSchedule(pl.Callback):
         return [float(self.config.lr)] * len(groups)  # --scheduler NONE
 
     def _freeze_parts(self, pl_module: LumenModule) -> None:
-        if pl_module.head_phase and not self.config.freeze_train_bn:
-            set_frozen_eval(_modules_before(pl_module.model, self._head_prefix()))
+        if not pl_module.head_phase:
+            return
+        frozen = _modules_before(pl_module.model, self._head_prefix())
+        if self.config.freeze_train_bn:  # BatchNorm keeps adapting; dropout is still off
+            frozen = [m for m in frozen if not isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        set_frozen_eval(frozen)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: LumenModule) -> None:
         self._start_epoch(trainer, pl_module)
