@@ -2,8 +2,10 @@
 
 IRMAS ships no validation set, and its test set holds several excerpts of each song
 (``02 - Blood Red Skies-3.wav``). Tuning thresholds on excerpts whose siblings are then scored
-leaks the song into the score, so a validation split must keep every song on one side: the group
-of a file is its stem without the trailing ``-<n>`` excerpt number.
+leaks the song into the score, so a validation split must keep every song on one side. The IRMAS
+training set does the same with its 3 s excerpts (``008__[cel][nod][cla]0058__1.wav``,
+``…0058__2.wav``: one track), so the group of a file is its stem without the excerpt number of
+either layout: the trailing ``__<k>`` of a training name, else the trailing ``-<n>`` of a test name.
 """
 
 from __future__ import annotations
@@ -17,13 +19,22 @@ from pathlib import Path
 from common.datasets import DatasetError, Item
 from common.labels import LABELS
 
-_EXCERPT_SUFFIX = re.compile(r"-\d+$")
+_EXCERPT_SUFFIX = re.compile(r"-\d+$")  # IRMAS test: "<song>-<n>"
+_TRAIN_EXCERPT_SUFFIX = re.compile(r"__\d+$")  # IRMAS train: "[<code>]...<track>__<k>"
 GROUPINGS: tuple[str, ...] = ("song", "file")
 
 
 def song_key(path: Path) -> str:
-    """``.../02 - Blood Red Skies-3.wav`` -> ``02 - blood red skies`` (case-insensitive)."""
-    return _EXCERPT_SUFFIX.sub("", path.stem).strip().lower()
+    """The song (track) a file is an excerpt of, case-insensitive.
+
+    ``.../02 - Blood Red Skies-3.wav`` -> ``02 - blood red skies``;
+    ``cel/008__[cel][nod][cla]0058__2.wav`` -> ``008__[cel][nod][cla]0058``.
+    """
+    stem = path.stem
+    trimmed = _TRAIN_EXCERPT_SUFFIX.sub("", stem)
+    if trimmed == stem:
+        trimmed = _EXCERPT_SUFFIX.sub("", stem)
+    return trimmed.strip().lower()
 
 
 def group_split(

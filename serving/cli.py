@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model-dir",
+        "--path-models",  # the seed's name
         type=Path,
         default=Path("models"),
         help="folder searched recursively for .onnx artifacts",

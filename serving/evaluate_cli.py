@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lumen-test",
         description="Predict (and, on labelled data, score) a lumen-audio model file by file.",
     )
-    parser.add_argument("--model", required=True, type=Path, help="a .onnx artifact or a .ckpt checkpoint")
+    parser.add_argument(
+        "--model", "--ckpt", required=True, type=Path, help="a .onnx artifact or a .ckpt checkpoint"
+    )
     parser.add_argument(
         "--dataset-paths",
         required=True,

@@ -28,6 +28,41 @@ def test_song_key_drops_the_excerpt_number_only() -> None:
     assert song_key(Path("x/take-2-live.wav")) == "take-2-live"  # no trailing number: its own group
 
 
+# Real IRMAS training names, in both of the set's naming layouts (with and without a leading "NNN__").
+IRMAS_TRAIN_NAMES = (
+    "cel/008__[cel][nod][cla]0058__1.wav",
+    "cel/008__[cel][nod][cla]0058__2.wav",
+    "cel/008__[cel][nod][cla]0058__3.wav",
+    "cel/012__[cel][nod][cla]0043__1.wav",
+    "pia/[pia][cla]1308__1.wav",
+    "pia/[pia][cla]1308__3.wav",
+    "pia/[pia][jaz_blu]1441__2.wav",
+)
+
+
+def test_song_key_groups_the_excerpts_of_an_irmas_training_track() -> None:
+    keys = [song_key(Path(name)) for name in IRMAS_TRAIN_NAMES]
+    assert keys[0] == keys[1] == keys[2] == "008__[cel][nod][cla]0058"
+    assert keys[4] == keys[5] == "[pia][cla]1308"
+    assert len(set(keys)) == 4
+
+
+def test_cli_keeps_irmas_training_tracks_on_one_side(tmp_path: Path) -> None:
+    src = tmp_path / "train"
+    for track in range(8):
+        for excerpt in (1, 2, 3):
+            prefix = f"{track:03d}__" if track % 2 else ""  # both naming layouts of IRMAS-train
+            path = src / "cel" / f"{prefix}[cel][nod][cla]{track:04d}__{excerpt}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, np.zeros(1600, dtype=np.float32), 16_000)
+    out = tmp_path / "split"
+    assert main(["split", f"irmastrain:{src}", "--out-dir", str(out), "--fraction", "0.25"]) == 0
+    val, test = load_dataset(f"csv:{out / 'val.csv'}"), load_dataset(f"csv:{out / 'test.csv'}")
+    tracks = [{i.path.stem.rsplit("__", 1)[0] for i in part} for part in (val, test)]
+    assert tracks[0].isdisjoint(tracks[1])  # before the fix, "...0003__1" and "...0003__2" could split
+    assert len(val) == 6 and len(test) == 18  # whole tracks of 3 excerpts
+
+
 @pytest.mark.parametrize("fraction", [0.2, 0.3, 0.5])
 def test_no_song_is_on_both_sides_and_sizes_follow_the_fraction(fraction: float) -> None:
     items = _items(n_songs=40, excerpts=3)

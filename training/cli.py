@@ -46,6 +46,8 @@ QUICK_BATCHES_PER_EPOCH = 2
 # Set by the first process of a run so that DDP ranks started by Lightning's launcher (which re-run
 # this command with the same environment) write into the same run directory.
 RUN_DIR_ENV = "LUMEN_RUN_DIR"
+# AUTO_LR's peak, found once by the first process and inherited by the DDP ranks it launches.
+AUTO_LR_ENV = "LUMEN_AUTO_LR"
 LOG_EVERY_N_STEPS = 10
 STEP_SCHEDULERS = ("ONECYCLE", "AUTO_LR", "COSINEANNEALING")
 
@@ -118,8 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--n-mels", type=int)
     model.add_argument("--n-fft", type=int)
     model.add_argument("--hop-length", type=int)
-    model.add_argument("--f-min", type=float, help="lowest mel band edge, Hz (0)")
-    model.add_argument("--f-max", type=float, help="highest mel band edge, Hz (sample_rate / 2)")
+    model.add_argument(
+        "--f-min",
+        type=float,
+        help="lowest mel band edge, Hz (0); WAVELET: lowest centre frequency (0: 40 Hz)",
+    )
+    model.add_argument(
+        "--f-max",
+        type=float,
+        help="highest mel band edge, Hz (sample_rate / 2); WAVELET: highest centre frequency (0.4 x sample_rate)",
+    )
+    model.add_argument(
+        "--n-scales", type=int, help="WAVELET: complex-Morlet scales, log-spaced from --f-min to --f-max (64)"
+    )
     model.add_argument("--n-mfcc", type=int, help="MFCC coefficients (40)")
     model.add_argument(
         "--multi-n-ffts", nargs="+", type=int, metavar="N", help="MULTI_SPECTROGRAM FFT sizes (400 800 1600)"
@@ -131,14 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--per-instrument-heads", action="store_true", default=None)
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--loss-function", help=names(LOSSES))
+    opt.add_argument(
+        "--loss-function",
+        help=names(LOSSES) + "; *_POS_WEIGHT: pos_weight = negatives/positives per label as the loss sees "
+        "them, counted over one simulated epoch of the training sampler and the mixing augmentations "
+        "(labels only, no audio decoded)",
+    )
     opt.add_argument("--loss-function-kwargs", nargs="+", metavar="K=V", help="e.g. gamma=2 alpha=0.25")
     opt.add_argument("--optimizer", help=names(OPTIMIZERS))
     opt.add_argument("--lr", type=float)
     opt.add_argument("--lr-warmup", type=float, help="learning rate of the head-only phase (--finetune-head)")
     opt.add_argument("--lr-onecycle-max", type=float)
     opt.add_argument("--weight-decay", type=float)
-    opt.add_argument("--scheduler", help=names(SCHEDULERS))
+    opt.add_argument(
+        "--scheduler",
+        help=names(SCHEDULERS) + "; AUTO_LR: ONECYCLE peaking at Lightning's LR-finder suggestion, found "
+        "once (by the first process; DDP ranks share it; refused with --num-nodes > 1 or torchrun/SLURM "
+        "ranks) and kept on resume",
+    )
     opt.add_argument("--epochs", type=int)
     opt.add_argument("--batch-size", type=int)
     opt.add_argument(
@@ -150,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     opt.add_argument("--nofinetune-head", dest="finetune_head", action="store_false", help="train everything")
     opt.add_argument("--finetune-head-epochs", type=int)
+    opt.add_argument(
+        "--freeze-train-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="head-only phase: let the frozen layers' BatchNorm running statistics adapt, dropout there "
+        "stays off (default: off, the frozen part is in eval mode: fixed BatchNorm statistics, no dropout)",
+    )
     opt.add_argument(
         "--head-after", metavar="LAYER", help="the head starts at this layer (default: model.head)"
     )
@@ -193,6 +223,7 @@ _FIELDS: dict[str, tuple[str | None, str]] = {
     "f_min": ("frontend", "f_min"),
     "f_max": ("frontend", "f_max"),
     "n_mfcc": ("frontend", "n_mfcc"),
+    "n_scales": ("frontend", "n_scales"),
     "multi_n_ffts": ("frontend", "multi_n_ffts"),
     "model": ("model", "model"),
     "pretrained": ("model", "pretrained"),
@@ -221,6 +252,7 @@ _FIELDS: dict[str, tuple[str | None, str]] = {
             "batch_size",
             "finetune_head",
             "finetune_head_epochs",
+            "freeze_train_bn",
             "head_after",
             "backbone_after",
             "metric",
@@ -366,14 +398,16 @@ class GracefulInterrupt:
         )
 
 
-def _check_resume(config: TrainConfig) -> None:
+def _check_resume(config: TrainConfig) -> dict[str, Any]:
+    """Refuse a --ckpt this run cannot continue; returns the checkpoint's stored config."""
     from training.checkpoint import CheckpointError, checkpoint_hparams, read_checkpoint
 
     data = read_checkpoint(config.ckpt)
     stored = checkpoint_hparams(config.ckpt, data)["config"]
     current = config.to_dict()
+    comparable = {**stored, "model": _flags_view(stored.get("model"), current["model"])}
     for key in ("model", "frontend", "labels"):
-        if stored.get(key) != current[key]:
+        if comparable.get(key) != current[key]:
             raise CheckpointError(
                 f"--ckpt {config.ckpt}: its {key} config differs from this run's flags; "
                 "resume with the flags it was trained with"
@@ -388,6 +422,19 @@ def _check_resume(config: TrainConfig) -> None:
             f"{stored.get('epochs')}; a resumed {config.scheduler} schedule cannot change length "
             "(resume with the same values, or use --scheduler PLATEAU/NONE to extend a run)"
         )
+    return stored
+
+
+def _flags_view(stored_model: Any, current_model: dict[str, Any]) -> Any:
+    """The stored model config as flags would give it: ``--pretrained`` Hugging Face models write the
+    loaded architecture into ``backbone_kwargs`` (so checkpoints rebuild offline), which no flag sets."""
+    if (
+        isinstance(stored_model, dict)
+        and stored_model.get("pretrained")
+        and not current_model["backbone_kwargs"]
+    ):
+        return {**stored_model, "backbone_kwargs": {}}
+    return stored_model
 
 
 def find_lr(config: TrainConfig, module, datamodule) -> float:
@@ -419,6 +466,36 @@ def find_lr(config: TrainConfig, module, datamodule) -> float:
     return float(suggestion)
 
 
+def _launched_elsewhere() -> bool:
+    """Ranks started by torchrun/SLURM/mpirun: each is its own ``lumen-train`` from the first line."""
+    return any(
+        int(os.environ.get(name) or 1) > 1 for name in ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+    )
+
+
+def auto_lr_peak(config: TrainConfig, module, datamodule) -> float:
+    """``AUTO_LR``'s ONECYCLE peak, found once per run so that every DDP rank trains with the same LR.
+
+    The LR finder runs in the first process only; the ranks that Lightning's launcher starts (which
+    re-run this command with its environment, as for :data:`RUN_DIR_ENV`) read its result from
+    :data:`AUTO_LR_ENV`. Ranks started by another launcher, or on other nodes, would each search on
+    their own data shard and could disagree, so that combination is refused.
+    """
+    inherited = os.environ.get(AUTO_LR_ENV)
+    if inherited:
+        return float(inherited)
+    if config.num_nodes > 1 or _launched_elsewhere():
+        raise ConfigError(
+            "--scheduler AUTO_LR with --num-nodes > 1 or ranks started by torchrun/SLURM/mpirun would run "
+            "the LR finder on every rank separately (and could give ranks different LRs); run the finder "
+            "in a single-node run (lumen-train --scheduler AUTO_LR ... prints its suggestion) and pass it "
+            "as --scheduler ONECYCLE --lr-onecycle-max LR"
+        )
+    peak = find_lr(config, module, datamodule)
+    os.environ[AUTO_LR_ENV] = repr(peak)
+    return peak
+
+
 def trainer_strategy(config: TrainConfig) -> str:
     """``--strategy``, switched to DDP's unused-parameter search when layers are frozen.
 
@@ -444,25 +521,42 @@ def train(config: TrainConfig) -> int:
     )
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from training.data import LumenDataModule, label_counts
+    from training.data import LumenDataModule
+    from training.label_stats import loss_label_counts
     from training.module import METRIC_KEYS, FinetuneSchedule, LumenModule
 
     # metrics.csv shares the run folder with config.yaml and tensorboard/ on purpose.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    if config.ckpt:
-        _check_resume(config)
+    resumed = _check_resume(config) if config.ckpt else None
+    if resumed is not None:
+        # The checkpoint's architecture (a --pretrained model's resolved config included); its weights
+        # replace the pretrained ones anyway, so the hub or --pretrained-source is not needed again.
+        config.model.backbone_kwargs = dict(resumed["model"].get("backbone_kwargs") or {})
     datamodule = LumenDataModule(config)
     datamodule.load_items()
+    counts, n_examples = (
+        loss_label_counts(datamodule.train_items, config)
+        if config.loss_function.endswith("_POS_WEIGHT")
+        else (None, None)
+    )
     module = LumenModule(
         config,
-        label_counts=label_counts(datamodule.train_items).tolist(),
-        n_train_items=len(datamodule.train_items),
+        label_counts=None if counts is None else counts.tolist(),
+        n_train_items=n_examples,
+        load_pretrained=resumed is None,
     )
-    if config.scheduler == "AUTO_LR":
-        peak = find_lr(config, module, datamodule)
+    if config.scheduler == "AUTO_LR" and resumed is not None:
+        # The restored ONECYCLE schedule carries the LRs; the finder is not run again.
+        config.lr, config.lr_onecycle_max = float(resumed["lr"]), float(resumed["lr_onecycle_max"])
+        print(f"{PROG}: AUTO_LR: resuming the checkpoint's ONECYCLE to {config.lr_onecycle_max:.3g}")
+    elif config.scheduler == "AUTO_LR":
+        source = (
+            "the first process's LR finder suggested" if AUTO_LR_ENV in os.environ else "LR finder suggests"
+        )
+        peak = auto_lr_peak(config, module, datamodule)
         config.lr_onecycle_max, config.lr = peak, peak / 25.0  # OneCycle's default start ratio
-        print(f"{PROG}: AUTO_LR: LR finder suggests {peak:.3g}; ONECYCLE from {config.lr:.3g} to {peak:.3g}")
+        print(f"{PROG}: AUTO_LR: {source} {peak:.3g}; ONECYCLE from {config.lr:.3g} to {peak:.3g}")
 
     finetune = FinetuneSchedule(config)
     finetune.check_layer_names(module.model)
@@ -557,8 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if owns_run_dir:  # the next run in this process (tests, notebooks) gets its own folder
+        if owns_run_dir:  # the next run in this process (tests, notebooks) gets its own folder and LR
             os.environ.pop(RUN_DIR_ENV, None)
+            os.environ.pop(AUTO_LR_ENV, None)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ MODEL_NAMES: tuple[str, ...] = (
     "RESNEXT101_64X4D",
     "AST",
     "WAV2VEC",
+    "WAV2VEC_CNN",
+    "MOBNET",
 )
 AUDIO_TRANSFORMS: tuple[str, ...] = (
     "MEL_SPECTROGRAM",
@@ -88,6 +90,8 @@ class FrontendConfig:
     n_mfcc: int = 40
     # MULTI_SPECTROGRAM: one log-mel channel per n_fft, all with the same hop and n_mels.
     multi_n_ffts: list[int] = field(default_factory=lambda: [400, 800, 1600])
+    # WAVELET: number of complex-Morlet scales (log-spaced centre frequencies from f_min to f_max).
+    n_scales: int = 64
 
 
 @dataclass
@@ -135,6 +139,9 @@ class TrainConfig:
     num_workers: int = 2
     finetune_head: bool = True
     finetune_head_epochs: int = 1
+    # Seed name: True lets the frozen part's BatchNorm layers update their running statistics during
+    # the head-only phase; the default keeps them frozen (eval mode, as is dropout there).
+    freeze_train_bn: bool = False
     head_after: str | None = None
     backbone_after: str | None = None
     # Data

@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Split labelled specs into OUT_DIR/<first>.csv (about --fraction of the files) and "
             "OUT_DIR/<second>.csv. With --group-by song (default) all excerpts of a song, "
-            "'<song>-<n>.wav' as in the IRMAS test set, land on the same side, so thresholds tuned "
-            "on one part are not scored on the same songs."
+            "'<song>-<n>.wav' as in the IRMAS test set or '...<track>__<k>.wav' as in the IRMAS "
+            "training set, land on the same side, so thresholds tuned on one part are not scored on "
+            "the same songs."
         ),
     )
     split.add_argument("specs", nargs="+", metavar="SPEC")

@@ -8,7 +8,8 @@ they are derived from the config, so checkpoints neither carry nor depend on the
 
 Output layouts (``[B, T]`` float32 waveform in):
 
-- spectrogram front-ends (MEL_SPECTROGRAM, MFCC, MULTI_SPECTROGRAM, AST): ``[B, C, F, frames]`` — the
+- spectrogram front-ends (MEL_SPECTROGRAM, MFCC, MULTI_SPECTROGRAM, AST, WAVELET in
+  :mod:`training.wavelet`): ``[B, C, F, frames]`` — the
   layout the ``spec_augment`` hook (frequency/time masking) and the image backbones expect;
 - WAV2VEC: ``[B, T]``, the normalised waveform.
 
@@ -313,6 +314,8 @@ class Wav2VecNormalize(nn.Module):
 
 
 SPECTROGRAM_TRANSFORMS: tuple[str, ...] = ("MEL_SPECTROGRAM", "MFCC", "MULTI_SPECTROGRAM", "AST")
+# What the CNN backbones take (AST has its own model).
+CNN_TRANSFORMS: tuple[str, ...] = ("MEL_SPECTROGRAM", "MFCC", "MULTI_SPECTROGRAM", "WAVELET")
 
 
 def build_frontend(cfg: FrontendConfig, *, ast_max_frames: int = AST_DEFAULT_MAX_FRAMES) -> nn.Module:
@@ -333,7 +336,7 @@ def build_frontend(cfg: FrontendConfig, *, ast_max_frames: int = AST_DEFAULT_MAX
         case "WAV2VEC":
             return Wav2VecNormalize()
         case "WAVELET":
-            raise ConfigError(
-                "--audio-transform WAVELET is not implemented; use MEL_SPECTROGRAM, MFCC or MULTI_SPECTROGRAM"
-            )
+            from training.wavelet import WaveletScalogram
+
+            return WaveletScalogram(cfg)
     raise ConfigError(f"--audio-transform {cfg.audio_transform!r} is unknown")

@@ -4,7 +4,8 @@
 
 - ``CROSS_ENTROPY``: binary cross-entropy per label (``BCEWithLogits``), the baseline.
 - ``CROSS_ENTROPY_POS_WEIGHT``: BCE whose positive term is weighted by ``negatives / positives`` of each
-  label in the *training* set, so a rare instrument's misses cost as much in total as a common one's.
+  label as the loss sees it in training (after the sampler and the mixing augmentations, see
+  :mod:`training.label_stats`), so a rare instrument's misses cost as much in total as a common one's.
 - ``FOCAL_LOSS`` (``gamma``, default 2; ``alpha``, default off): BCE scaled by ``(1 - p_t) ** gamma``,
   which down-weights the easy, confidently right labels that dominate an 11-way multi-hot target.
   With ``gamma=0`` and no ``alpha`` it *is* BCE (a test checks this).
@@ -39,7 +40,7 @@ LOSS_KWARGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def pos_weight_from_counts(label_counts: Sequence[int] | np.ndarray, n_items: int) -> torch.Tensor:
+def pos_weight_from_counts(label_counts: Sequence[float] | np.ndarray, n_items: int) -> torch.Tensor:
     """``negatives / positives`` per label, the ``pos_weight`` of :class:`torch.nn.BCEWithLogitsLoss`.
 
     A label absent from the training set gets weight 1 (there is nothing to rebalance, and an infinite
@@ -121,7 +122,7 @@ def build_loss(
     name: str,
     kwargs: dict[str, Any],
     labels: Sequence[str],
-    label_counts: Sequence[int] | np.ndarray | None = None,
+    label_counts: Sequence[float] | np.ndarray | None = None,
     n_items: int | None = None,
 ) -> nn.Module:
     """The loss module for ``--loss-function name``; ``*_POS_WEIGHT`` losses need the training counts."""

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from training.config import ConfigError, ModelConfig, TrainConfig
-from training.frontend import AST_DEFAULT_MAX_FRAMES, SPECTROGRAM_TRANSFORMS, build_frontend
+from training.frontend import AST_DEFAULT_MAX_FRAMES, CNN_TRANSFORMS, build_frontend
 
 # lumen name -> timm architecture (ImageNet weights via timm's default pretrained tag).
 TIMM_MODELS: dict[str, str] = {
@@ -333,13 +333,12 @@ class LumenModel(nn.Module):
 
 
 def _check_transform(name: str, transform: str) -> None:
-    needs = {"AST": "AST", "WAV2VEC": "WAV2VEC"}.get(name)
+    needs = {"AST": "AST", "WAV2VEC": "WAV2VEC", "WAV2VEC_CNN": "WAV2VEC"}.get(name)
     if needs is not None and transform != needs:
         raise ConfigError(f"--model {name} needs --audio-transform {needs} (got {transform})")
-    if needs is None and transform not in SPECTROGRAM_TRANSFORMS[:3]:
+    if needs is None and transform not in CNN_TRANSFORMS:
         raise ConfigError(
-            f"--model {name} takes a spectrogram: --audio-transform MEL_SPECTROGRAM, MFCC or "
-            f"MULTI_SPECTROGRAM (got {transform})"
+            f"--model {name} takes a spectrogram: --audio-transform {', '.join(CNN_TRANSFORMS)} (got {transform})"
         )
 
 
@@ -366,6 +365,16 @@ def build_model(config: TrainConfig, *, load_pretrained: bool = True) -> LumenMo
         frontend = build_frontend(config.frontend, ast_max_frames=backbone.max_length)
     elif name == "WAV2VEC":
         backbone, frontend = Wav2VecBackbone(cfg), build_frontend(config.frontend)
+    elif name == "WAV2VEC_CNN":
+        from training.seed_models import Wav2VecCnnBackbone
+
+        backbone, frontend = Wav2VecCnnBackbone(cfg), build_frontend(config.frontend)
+    elif name == "MOBNET":
+        from training.seed_models import MobnetBackbones, PerBackboneHeads
+
+        frontend = build_frontend(config.frontend)
+        backbone = MobnetBackbones(int(frontend.out_channels), cfg)
+        return LumenModel(frontend, backbone, PerBackboneHeads(cfg, backbone.out_features, cfg.num_labels))
     else:
         frontend = build_frontend(config.frontend, ast_max_frames=AST_DEFAULT_MAX_FRAMES)
         channels = int(frontend.out_channels)

@@ -107,13 +107,15 @@ class LumenModule(pl.LightningModule):
         self,
         config: TrainConfig,
         *,
-        label_counts: list[int] | None = None,
+        label_counts: list[float] | None = None,
         n_train_items: int | None = None,
         thresholds: list[float] | None = None,
+        load_pretrained: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
-        self.model = build_model(config)
+        # load_pretrained=False (a resumed run): the architecture only, the weights come from the ckpt.
+        self.model = build_model(config, load_pretrained=load_pretrained)
         self.loss_fn = build_loss(
             config.loss_function, config.loss_function_kwargs, config.labels, label_counts, n_train_items
         )
@@ -296,18 +298,54 @@ class LumenModule(pl.LightningModule):
             scheduler.step(metric)
 
 
+def _modules_before(model: nn.Module, prefix: str) -> list[nn.Module]:
+    """The modules defined before the one named ``prefix`` (the frozen part while only the head trains).
+
+    ``named_modules`` lists modules in the same definition order as ``named_parameters``, so these are
+    exactly the modules whose parameters :func:`_params_from` leaves frozen; the ancestors of ``prefix``
+    (the model itself, ``backbone`` for ``backbone.blocks.5``) are left out because the head is inside.
+    """
+    named = list(model.named_modules())
+    for i, (name, _) in enumerate(named):
+        if name == prefix or name.startswith(prefix + "."):
+            return [m for n, m in named[:i] if not (n == "" or prefix.startswith(n + "."))]
+    raise ConfigError(f"{prefix!r} names no module of the model")
+
+
+def set_frozen_eval(modules: list[nn.Module]) -> None:
+    """Eval mode for each of ``modules`` alone (BatchNorm uses and keeps its running stats, dropout is off).
+
+    Each module's own flag is set, not ``module.eval()``'s recursion, so a frozen container never
+    switches a trainable child off.
+    """
+    for module in modules:
+        module.training = False
+
+
 class FinetuneSchedule(pl.Callback):
     """``--finetune-head``: train only the head at ``--lr-warmup`` for ``--finetune-head-epochs``, then
     unfreeze from ``--backbone-after`` (default: everything) and hand the LR to the scheduler.
 
     The head is ``model.head`` unless ``--head-after NAME`` says it starts at layer ``NAME``. Layer names
     are module paths inside the model (``backbone.blocks.5``), as ``model.named_parameters()`` lists them.
+
+    Frozen means frozen: while only the head trains, every module before it is in eval mode, so BatchNorm
+    running statistics do not move and dropout is off there (``--freeze-train-bn`` lets those BatchNorm
+    layers keep adapting their statistics, as the seed's flag did; dropout stays off).
+
+    Resuming follows the uninterrupted LR curve: the scheduler does not step during the head phase, so
+    its last LR (``get_last_lr()``, restored from the checkpoint with the scheduler) is the LR the first
+    scheduled epoch starts at, whether the run was interrupted or not. Every scheduled epoch starts from
+    it; nothing is kept in this callback that a checkpoint would lose.
     """
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.head_epochs = config.finetune_head_epochs if config.finetune_head else 0
-        self._scheduled_lrs: list[float] | None = None
+        self._started_epoch: int | None = None
+
+    def _head_prefix(self) -> str:
+        return self.config.head_after or "head"
 
     def _head_params(self, model: nn.Module) -> list[nn.Parameter]:
         if self.config.head_after:
@@ -324,19 +362,44 @@ class FinetuneSchedule(pl.Callback):
         self._head_params(model)
         self._after_head_params(model)
 
+    def scheduled_lrs(self, trainer: pl.Trainer) -> list[float]:
+        """The LR of each param group that the schedule (not the head phase) says applies now."""
+        groups = trainer.optimizers[0].param_groups
+        if trainer.lr_scheduler_configs:
+            return [float(lr) for lr in trainer.lr_scheduler_configs[0].scheduler.get_last_lr()]
+        return [float(self.config.lr)] * len(groups)  # --scheduler NONE
+
+    def _freeze_parts(self, pl_module: LumenModule) -> None:
+        if not pl_module.head_phase:
+            return
+        frozen = _modules_before(pl_module.model, self._head_prefix())
+        if self.config.freeze_train_bn:  # BatchNorm keeps adapting; dropout is still off
+            frozen = [m for m in frozen if not isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        set_frozen_eval(frozen)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: LumenModule) -> None:
+        self._start_epoch(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: LumenModule, batch: Any, batch_idx: int):
+        # A run resumed from a mid-epoch checkpoint starts without on_train_epoch_start.
+        if self._started_epoch != trainer.current_epoch:
+            self._start_epoch(trainer, pl_module)
+        # Lightning puts the whole module back in train mode after each validation run.
+        self._freeze_parts(pl_module)
+
+    def _start_epoch(self, trainer: pl.Trainer, pl_module: LumenModule) -> None:
+        self._started_epoch = trainer.current_epoch
         model = pl_module.model
         optimizer = trainer.optimizers[0]
         if trainer.current_epoch < self.head_epochs:
-            if not pl_module.head_phase:
-                self._scheduled_lrs = [g["lr"] for g in optimizer.param_groups]
-                set_trainable(model, self._head_params(model))
-                pl_module.head_phase = True
+            set_trainable(model, self._head_params(model))
+            pl_module.head_phase = True
             for group in optimizer.param_groups:
                 group["lr"] = self.config.lr_warmup
+            self._freeze_parts(pl_module)
             return
-        if pl_module.head_phase and self._scheduled_lrs is not None:
-            for group, lr in zip(optimizer.param_groups, self._scheduled_lrs, strict=True):
-                group["lr"] = lr
         pl_module.head_phase = False
+        model.train()  # Lightning's evaluation loop restores the modes it found, frozen ones included
         set_trainable(model, self._after_head_params(model))
+        for group, lr in zip(optimizer.param_groups, self.scheduled_lrs(trainer), strict=True):
+            group["lr"] = lr

@@ -145,13 +145,19 @@ class AugmentationPipeline:
             raise ValueError(
                 f"expected wave [B, T] and labels [B, L] with the same B, got {tuple(wave.shape)} and {tuple(labels.shape)}"
             )
-        for mix in self._mixing:
-            wave, labels = mix(wave, labels)
+        wave, labels = self.mix(wave, labels)
         reference_peak = wave.abs().amax(dim=1)
         for step in self._waveform:
             wave = step(wave)
         if NORMALIZE in self.params:
             wave = time_domain.renormalize(wave, reference_peak, p=self.params[NORMALIZE].p)
+        return wave, labels
+
+    @torch.no_grad()
+    def mix(self, wave: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The mixing steps alone: the only ones that change labels (see :mod:`training.label_stats`)."""
+        for step in self._mixing:
+            wave, labels = step(wave, labels)
         return wave, labels
 
     def spectrogram(self, spec: Tensor) -> Tensor:
