@@ -30,6 +30,7 @@ MODEL_NAMES: tuple[str, ...] = (
     "RESNEXT101_64X4D",
     "AST",
     "WAV2VEC",
+    "MUSICNN",
 )
 AUDIO_TRANSFORMS: tuple[str, ...] = (
     "MEL_SPECTROGRAM",
@@ -38,6 +39,7 @@ AUDIO_TRANSFORMS: tuple[str, ...] = (
     "AST",
     "WAV2VEC",
     "WAVELET",
+    "MUSICNN",
 )
 HEADS: tuple[str, ...] = ("LINEAR", "DEEP_HEAD", "ATTENTION_HEAD")
 LOSSES: tuple[str, ...] = (

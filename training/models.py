@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from training import musicnn
 from training.config import ConfigError, ModelConfig, TrainConfig
 from training.frontend import AST_DEFAULT_MAX_FRAMES, SPECTROGRAM_TRANSFORMS, build_frontend
 
@@ -333,7 +334,7 @@ class LumenModel(nn.Module):
 
 
 def _check_transform(name: str, transform: str) -> None:
-    needs = {"AST": "AST", "WAV2VEC": "WAV2VEC"}.get(name)
+    needs = {"AST": "AST", "WAV2VEC": "WAV2VEC", "MUSICNN": "MUSICNN"}.get(name)
     if needs is not None and transform != needs:
         raise ConfigError(f"--model {name} needs --audio-transform {needs} (got {transform})")
     if needs is None and transform not in SPECTROGRAM_TRANSFORMS[:3]:
@@ -366,6 +367,10 @@ def build_model(config: TrainConfig, *, load_pretrained: bool = True) -> LumenMo
         frontend = build_frontend(config.frontend, ast_max_frames=backbone.max_length)
     elif name == "WAV2VEC":
         backbone, frontend = Wav2VecBackbone(cfg), build_frontend(config.frontend)
+    elif name == "MUSICNN":
+        backbone, frontend = musicnn.MusicnnBackbone(), musicnn.MusicnnLogMel(config.frontend)
+        if cfg.pretrained:
+            musicnn.load_pretrained_backbone(backbone, cfg.pretrained_source)
     else:
         frontend = build_frontend(config.frontend, ast_max_frames=AST_DEFAULT_MAX_FRAMES)
         channels = int(frontend.out_channels)
