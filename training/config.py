@@ -32,6 +32,7 @@ MODEL_NAMES: tuple[str, ...] = (
     "WAV2VEC",
     "WAV2VEC_CNN",
     "MOBNET",
+    "MUSICNN",
 )
 AUDIO_TRANSFORMS: tuple[str, ...] = (
     "MEL_SPECTROGRAM",
@@ -40,6 +41,7 @@ AUDIO_TRANSFORMS: tuple[str, ...] = (
     "AST",
     "WAV2VEC",
     "WAVELET",
+    "MUSICNN",
 )
 HEADS: tuple[str, ...] = ("LINEAR", "DEEP_HEAD", "ATTENTION_HEAD")
 LOSSES: tuple[str, ...] = (

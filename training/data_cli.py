@@ -12,7 +12,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import soundfile as sf
@@ -26,6 +26,7 @@ from common.splits import GROUPINGS, group_split, song_key, write_csv_dataset
 from training.synth.layouts import CARDINALITY_WEIGHTS, LAYOUTS
 from training.synth.pipeline import synthesize
 from training.synth.render import SOUNDFONT_CANDIDATES, SOUNDFONT_ENV, SynthError
+from training.synth.variation import PRESETS, Variation
 
 MAX_PRINTED_ERRORS = 20
 
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--soundfont",
         action="append",
-        help="a .sf2 General-MIDI soundfont; repeat to draw one at random per track",
+        help="a .sf2/.sf3 General-MIDI soundfont; repeat to draw one at random per track",
     )
     synth.add_argument("--sample-rate", type=int, default=44100, help="Hz (IRMAS: 44100)")
     synth.add_argument("--min-seconds", type=float, default=5.0, help="irmastest/csv excerpt length, minimum")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--jobs", type=int, default=1, help="worker processes (output does not depend on it)")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_variation_arguments(synth)
 
     inspect = sub.add_parser(
         "inspect",
@@ -102,6 +104,49 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--group-by", choices=GROUPINGS, default="song")
     split.add_argument("--names", nargs=2, default=["val", "test"], metavar=("FIRST", "SECOND"))
     return parser
+
+
+def _add_variation_arguments(synth: argparse.ArgumentParser) -> None:
+    """Sound-source and recording variation: a preset, then per-setting overrides."""
+    group = synth.add_argument_group(
+        "sound-source variation",
+        "How each track is played and recorded. --variation picks a preset (dry: rendered as is, the "
+        "default; varied: rooms, microphones, dynamics, noise, level and pitch as in real recordings); "
+        "each flag below overrides one setting of it. *-prob flags are the chance per track (bends: per "
+        "note; vibrato: per part).",
+    )
+    group.add_argument("--variation", choices=sorted(PRESETS), default="dry", help="preset (default: dry)")
+    help_texts = {
+        "room_prob": "synthetic room impulse response (varied size and RT60)",
+        "rt60": "room reverberation time range, seconds",
+        "eq_prob": "microphone/preamp colouring (high-pass, roll-off, resonances, tilt)",
+        "dynamics_prob": "compressor with random threshold, ratio, attack, release",
+        "noise_prob": "white/pink/brown noise (sometimes mains hum)",
+        "snr_db": "signal-to-noise ratio range, dB",
+        "detune_cents": "tuning offset per track, up to +- this many cents",
+        "bend_prob": "scoops, falls and string bends where the instrument has them",
+        "vibrato_prob": "pitch vibrato of random rate and depth on long notes",
+        "min_peak": "clips are peak-normalised to a random level in MIN_PEAK..0.95",
+    }
+    for f in fields(Variation):
+        pair = f.name in ("rt60", "snr_db")
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=float,
+            nargs=2 if pair else None,
+            metavar=("MIN", "MAX") if pair else None,
+            default=None,
+            help=help_texts[f.name],
+        )
+
+
+def _variation(args: argparse.Namespace) -> Variation:
+    overrides = {
+        f.name: tuple(value) if isinstance(value, list) else value
+        for f in fields(Variation)
+        if (value := getattr(args, f.name)) is not None
+    }
+    return replace(PRESETS[args.variation], **overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +197,7 @@ def _synth(args: argparse.Namespace) -> int:
         drums_prob=args.drums_prob,
         jobs=args.jobs,
         progress=not args.no_progress,
+        variation=_variation(args),
     )
     print(
         f"wrote {report.files} files, {report.audio_seconds / 60:.1f} min of audio in "

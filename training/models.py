@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from training import musicnn
 from training.config import ConfigError, ModelConfig, TrainConfig
 from training.frontend import AST_DEFAULT_MAX_FRAMES, CNN_TRANSFORMS, build_frontend
 
@@ -333,7 +334,7 @@ class LumenModel(nn.Module):
 
 
 def _check_transform(name: str, transform: str) -> None:
-    needs = {"AST": "AST", "WAV2VEC": "WAV2VEC", "WAV2VEC_CNN": "WAV2VEC"}.get(name)
+    needs = {"AST": "AST", "WAV2VEC": "WAV2VEC", "WAV2VEC_CNN": "WAV2VEC", "MUSICNN": "MUSICNN"}.get(name)
     if needs is not None and transform != needs:
         raise ConfigError(f"--model {name} needs --audio-transform {needs} (got {transform})")
     if needs is None and transform not in CNN_TRANSFORMS:
@@ -375,6 +376,10 @@ def build_model(config: TrainConfig, *, load_pretrained: bool = True) -> LumenMo
         frontend = build_frontend(config.frontend)
         backbone = MobnetBackbones(int(frontend.out_channels), cfg)
         return LumenModel(frontend, backbone, PerBackboneHeads(cfg, backbone.out_features, cfg.num_labels))
+    elif name == "MUSICNN":
+        backbone, frontend = musicnn.MusicnnBackbone(), musicnn.MusicnnLogMel(config.frontend)
+        if cfg.pretrained:
+            musicnn.load_pretrained_backbone(backbone, cfg.pretrained_source)
     else:
         frontend = build_frontend(config.frontend, ast_max_frames=AST_DEFAULT_MAX_FRAMES)
         channels = int(frontend.out_channels)

@@ -64,6 +64,14 @@ class Control:
     value: int
 
 
+@dataclass(frozen=True)
+class Bend:
+    """The channel's pitch-wheel position from ``time`` seconds on, in cents (GM range: +-200)."""
+
+    time: float
+    cents: float
+
+
 @dataclass
 class Part:
     """One instrument's line. ``code`` is ``None`` for the (unlabelled) drum track."""
@@ -74,6 +82,7 @@ class Part:
     controls: list[Control] = field(default_factory=list)
     is_drum: bool = False
     level_db: float = 0.0  # loudness relative to the lead part when mixed
+    bends: list[Bend] = field(default_factory=list)  # pitch-wheel curve (see training.synth.expression)
 
 
 @dataclass

@@ -30,6 +30,7 @@ import numpy as np
 
 from common.labels import LABELS
 from training.synth.programs import DRUMLESS_GENRES, GENRE_WEIGHTS
+from training.synth.variation import DRY, Variation
 
 LAYOUTS: tuple[str, ...] = ("irmastrain", "irmastest", "csv")
 TRAIN_CLIP_SECONDS = 3.0  # IRMAS training excerpts are 3 s long
@@ -51,6 +52,7 @@ class Track:
     clip_seconds: float
     outputs: tuple[str, ...]  # one relative path per consecutive clip
     seed: tuple[int, ...]
+    variation: Variation = DRY  # sound-source and recording variation (set by the pipeline)
 
     @property
     def seconds(self) -> float:

@@ -6,6 +6,7 @@ instance (see :mod:`training.synth.render` for why), so ``jobs`` changes speed, 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -30,13 +31,17 @@ from rich.progress import (
 from rich.text import Text
 
 from common.labels import LABELS
+from training.synth.acoustics import record
 from training.synth.compose import compose
+from training.synth.expression import add_pitch_expression
 from training.synth.layouts import LAYOUTS, PlanOptions, Track, dataset_spec, plan, write_csv, write_sidecar
 from training.synth.render import FluidRenderer, SynthError, find_soundfonts, import_fluidsynth, mix
+from training.synth.variation import DRY, Variation
 
 BATCH_TRACKS = 16
 PREROLL_SECONDS = 0.5  # rendered then dropped: clips start mid-music, with notes and reverb already sounding
-PEAK_RANGE = (0.5, 0.95)  # each clip is peak-normalised to a random level in this range (never clips)
+PEAK_MAX = 0.95  # each clip is peak-normalised to a random level in variation.min_peak..0.95 (never clips)
+VARIATION_STREAM = 1
 SILENCE_PEAK = 1e-4
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000  # FluidSynth's accepted range
 
@@ -92,13 +97,19 @@ def synthesize(
     drums_prob: float = 0.4,
     jobs: int = 1,
     progress: bool = True,
+    variation: Variation = DRY,
 ) -> SynthReport:
     """Render a labelled dataset into ``out_dir`` (created; must be empty) and say what was written.
 
     ``min_seconds``/``max_seconds`` set the excerpt length of ``irmastest``/``csv`` files;
     ``irmastrain`` clips are always 3 s as in IRMAS. See :mod:`training.synth.layouts` for the file
-    layouts and how ``per_class`` becomes a file count.
+    layouts and how ``per_class`` becomes a file count. ``variation`` sets the room, microphone,
+    dynamics, noise, level and pitch variation (:mod:`training.synth.variation`); the default is dry.
     """
+    try:
+        variation.validate()
+    except ValueError as exc:
+        raise SynthError(str(exc)) from None
     _validate(layout, per_class, sample_rate, min_seconds, max_seconds, drums_prob, jobs)
     fonts = find_soundfonts(soundfonts)
     import_fluidsynth()  # fail before creating any folder
@@ -106,7 +117,7 @@ def synthesize(
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise SynthError(f"{root}: output folder exists and is not empty; choose a new or empty folder")
     options = PlanOptions(per_class, seed, fonts, min_seconds, max_seconds, drums_prob)
-    tracks = plan(layout, options)
+    tracks = [dataclasses.replace(t, variation=variation) for t in plan(layout, options)]
     for folder in sorted({(root / rel).parent for t in tracks for rel in t.outputs}):
         folder.mkdir(parents=True, exist_ok=True)
     batches = [tracks[i : i + BATCH_TRACKS] for i in range(0, len(tracks), BATCH_TRACKS)]
@@ -162,10 +173,17 @@ def render_batch(
 def render_track(renderer: FluidRenderer, track: Track) -> list[np.ndarray]:
     """The clips of one track: compose, render stems, mix, drop the pre-roll, cut, normalise."""
     rng = np.random.default_rng(track.seed)
-    sr = renderer.sample_rate
+    sr, variation = renderer.sample_rate, track.variation
     piece = compose(rng, track.codes, track.genre, track.drums, PREROLL_SECONDS + track.seconds)
+    # Variation draws from its own stream: the notes (and a dry render) do not depend on it.
+    variation_rng = np.random.default_rng([*track.seed, VARIATION_STREAM])
+    if variation.changes_pitch:
+        add_pitch_expression(variation_rng, piece, variation)
     stems = renderer.render(piece, track.soundfont)
-    audio = mix(stems, [p.level_db for p in piece.parts])[round(PREROLL_SECONDS * sr) :]
+    audio = mix(stems, [p.level_db for p in piece.parts])
+    if variation.changes_sound:
+        audio = record(variation_rng, audio, sr, variation)
+    audio = audio[round(PREROLL_SECONDS * sr) :]
     clip_frames = round(track.clip_seconds * sr)
     clips = []
     for k, rel in enumerate(track.outputs):
@@ -176,7 +194,7 @@ def render_track(renderer: FluidRenderer, track: Track) -> list[np.ndarray]:
             raise SynthError(
                 f"{rel}: rendered silence with {track.soundfont} ({programs}); is it a GM soundfont?"
             )
-        clips.append((clip * (float(rng.uniform(*PEAK_RANGE)) / peak)).astype(np.float32))
+        clips.append((clip * (float(rng.uniform(variation.min_peak, PEAK_MAX)) / peak)).astype(np.float32))
     return clips
 
 

@@ -38,6 +38,7 @@ SOUNDFONT_CANDIDATES: tuple[Path, ...] = (
 )
 MELODIC_CHANNEL = 0
 FLUID_BLOCK = 64  # FluidSynth renders in blocks of 64 frames
+BEND_RANGE_CENTS = 200.0  # GM default pitch-wheel sensitivity (system_reset restores it)
 
 
 class SynthError(RuntimeError):
@@ -93,6 +94,12 @@ class FluidRenderer:
         fluidsynth = import_fluidsynth()
         self.sample_rate = sample_rate
         self._synth = fluidsynth.Synth(gain=0.5, samplerate=float(sample_rate), channels=16)
+        soundfonts = list(soundfonts)
+        if any(path.suffix.lower() == ".sf3" for path in soundfonts):
+            # Load sample data only for the presets played: a compressed .sf3 (MuseScore_General) is
+            # otherwise decoded whole, ~30 s per load and batch. Not for .sf2: FluidSynth renders a
+            # little differently with it, and .sf2 renders stay byte-identical to earlier versions.
+            self._synth.setting("synth.dynamic-sample-loading", 1)
         self._write_float = fluidsynth.cfunc(
             "fluid_synth_write_float",
             ctypes.c_int,
@@ -164,6 +171,7 @@ class FluidRenderer:
         events: list[tuple[int, int, str, int, int]] = [
             (min(round(c.time * sr), padded), 0, "cc", c.number, c.value) for c in part.controls
         ]
+        events += [(min(round(b.time * sr), padded), 0, "bend", bend_value(b.cents), 0) for b in part.bends]
         for note in part.notes:
             events.append((min(round(note.end * sr), padded), 1, "off", note.pitch, 0))
             events.append((min(round(note.start * sr), padded), 2, "on", note.pitch, note.velocity))
@@ -177,6 +185,8 @@ class FluidRenderer:
                 pos = frame
             if kind == "cc":
                 synth.cc(channel, a, b)
+            elif kind == "bend":
+                synth.pitch_bend(channel, a)
             elif kind == "off":
                 synth.noteoff(channel, a)
             else:
@@ -189,6 +199,11 @@ class FluidRenderer:
     def _write(self, ptr: int, start: int, frames: int) -> None:
         """Render ``frames`` stereo frames into the interleaved buffer at frame ``start``."""
         self._write_float(self._synth.synth, frames, ptr, 2 * start, 2, ptr, 2 * start + 1, 2)
+
+
+def bend_value(cents: float) -> int:
+    """Pitch-wheel value (-8192..8191, centre 0) for ``cents`` at GM's default range of +-2 semitones."""
+    return int(np.clip(round(cents / BEND_RANGE_CENTS * 8192), -8192, 8191))
 
 
 def mix(stems: Sequence[np.ndarray], levels_db: Sequence[float]) -> np.ndarray:
