@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -145,6 +145,22 @@ def reference_probs(windows: np.ndarray) -> np.ndarray:
 def expected(label_indices: Sequence[int]) -> dict[str, int]:
     chosen = set(label_indices)
     return {code: int(i in chosen) for i, code in enumerate(LABELS)}
+
+
+HANG_GUARD_S = 20.0
+
+
+def wait_for(condition: Callable[[], bool], guard_s: float = HANG_GUARD_S) -> None:
+    """Poll until ``condition`` holds; the deadline only turns a hang into a failure."""
+    deadline = time.monotonic() + guard_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def upload(*names_and_bytes: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """httpx ``files=`` for multipart parts named ``files``."""
+    return [("files", (name, data, "audio/wav")) for name, data in names_and_bytes]
 
 
 def label_set(n: int) -> list[int]:

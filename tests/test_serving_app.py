@@ -11,8 +11,7 @@ import json
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 import serving_testkit as kit
 import soundfile as sf
 from litestar.testing import TestClient
+from serving_testkit import HANG_GUARD_S, upload, wait_for
 
 from common.audio import window_count
 from common.labels import LABELS
@@ -31,16 +31,7 @@ from serving.pipeline import ResponseMaps
 from serving.runtime import OnnxModel
 from serving.settings import Settings
 
-HANG_GUARD_S = 20.0
 MODEL = "tone.onnx"
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-    """Poll until ``condition`` holds; the deadline only turns a hang into a failure."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +84,6 @@ def client(workspace: Path) -> Iterator[TestClient]:
     with TestClient(create_app(settings(workspace, models=(MODEL, "nested/strict.onnx")))) as test_client:
         wait_for(lambda: test_client.get("/ready").status_code == 200)
         yield test_client
-
-
-def upload(*names_and_bytes: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (name, data, "audio/wav")) for name, data in names_and_bytes]
 
 
 def song(workspace: Path, name: str) -> tuple[str, bytes]:

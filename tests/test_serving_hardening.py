@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import pytest
 import serving_testkit as kit
 import soundfile as sf
 from litestar.testing import TestClient
+from serving_testkit import HANG_GUARD_S, upload, wait_for
 
 from common.audio import window_count
 from common.labels import LABELS
@@ -36,16 +37,8 @@ from serving.registry import ModelRegistry
 from serving.runtime import OnnxModel
 from serving.settings import Settings
 
-HANG_GUARD_S = 20.0
 MODEL = "tone.onnx"
 SECRET = "root:x:0:0:TOP-SECRET-LINE"
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +92,6 @@ def client(workspace: Path) -> Iterator[TestClient]:
     with TestClient(create_app(settings(workspace))) as test_client:
         wait_for(lambda: test_client.get("/ready").status_code == 200)
         yield test_client
-
-
-def upload(*names_and_bytes: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (name, data, "audio/wav")) for name, data in names_and_bytes]
 
 
 def wav_bytes(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
