@@ -555,8 +555,11 @@ def test_cancelling_the_handler_cancels_its_work() -> None:
     assert asyncio.run(scenario())
 
 
-def test_rejections_are_counted_by_reason_and_process_metrics_exported(client: TestClient) -> None:
+def test_rejections_are_counted_by_reason_and_process_metrics_exported(
+    client: TestClient, workspace: Path
+) -> None:
     client.post("/model/predict-directory", json={"model": MODEL, "paths": ["songs"] * 1001})
+    client.post("/model/predict", params={"model": MODEL}, files=upload(("a.wav", song(workspace, 0))))
     text = client.get("/metrics").text
     assert 'lumen_rejected_requests_total{reason="paths"}' in text
     assert "process_resident_memory_bytes" in text and "lumen_queue_wait_seconds_bucket" in text
