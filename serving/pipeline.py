@@ -113,12 +113,8 @@ def file_cost(info: AudioInfo, meta: ArtifactMetadata) -> tuple[int, int]:
     return 4 * (info.frames + 2 * out_frames + windows * meta.window_samples), windows
 
 
-def decode_windows(
-    source: AudioInput, key: str, meta: ArtifactMetadata, limits: DecodeLimits | float
-) -> Windows:
+def decode_windows(source: AudioInput, key: str, meta: ArtifactMetadata, limits: DecodeLimits) -> Windows:
     """Exactly what ``lumen-test`` does to a file (same rate, normalisation, windows), so answers agree."""
-    if not isinstance(limits, DecodeLimits):  # a bare number is max_seconds (lumen-test, older callers)
-        limits = DecodeLimits(max_seconds=limits)
     audio = load_audio(source, meta.sample_rate, name=key, normalize=normalize_audio(meta), limits=limits)
     return split_windows(audio, meta.window_samples, meta.hop_samples)
 
@@ -128,13 +124,11 @@ class Pipeline:
         self,
         decode_pool: Executor,
         metrics: ServerMetrics,
-        limits: DecodeLimits | float,
+        limits: DecodeLimits,
         *,
         request_budget_bytes: int | None = None,
         decode_concurrency: int = 4,
     ) -> None:
-        if not isinstance(limits, DecodeLimits):
-            limits = DecodeLimits(max_seconds=limits)
         self.decode_pool = decode_pool
         self.metrics = metrics
         self.limits = limits
@@ -264,11 +258,9 @@ class Pipeline:
                 f"request may use {self.budget / MIB:.0f} MiB (--max-request-mb); send fewer files per request"
             )
         results: dict[int, FileResult] = {}
-        for groups in _budget_groups(admitted, self.budget if background else None):
-            for item, result in zip(
-                groups, await self._run(loaded, groups, background, keep_windows), strict=True
-            ):
-                results[id(item)] = result
+        for group in _budget_groups(admitted, self.budget if background else None):
+            done = await self._run(loaded, group, background, keep_windows)
+            results.update((id(item), result) for item, result in zip(group, done, strict=True))
         return [results[id(p)] if isinstance(p, _Admitted) else p for p in priced]
 
     async def predict_chunks(
