@@ -58,7 +58,6 @@ from serving.schemas import DatasetRef, FileMetrics, InstrumentMetrics, Timeline
 
 PROB_DECIMALS = 6
 INLINE_PROBE_MAGIC = (b"RIFF", b"RF64")  # WAV headers: parsed in microseconds, no pool hop
-INFERENCE_FAILED = "inference failed"
 
 AudioInput = bytes | Path
 

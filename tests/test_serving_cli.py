@@ -55,6 +55,14 @@ def test_aliases_and_repeatable_flags_map_onto_settings(tmp_path: Path) -> None:
         (["--device", "gpu"], "invalid device 'gpu'"),
         (["--max-batch-size", "64", "--max-queue", "8"], "--max-queue (8) must be >= --max-batch-size (64)"),
         (["--num-workers", "0"], "--num-workers must be >= 1"),
+        (["--max-files", "0"], "--max-files must be >= 1"),
+        (["--max-paths", "0"], "--max-paths must be >= 1"),
+        (["--max-datasets", "0"], "--max-datasets must be >= 1"),
+        (["--max-request-mb", "0"], "--max-request-mb must be > 0"),
+        (["--max-channels", "0"], "--max-channels must be >= 1"),
+        (["--min-sample-rate", "9000", "--max-sample-rate", "8000"], "need 1 <= --min-sample-rate (9000)"),
+        (["--max-concurrent-requests", "0"], "--max-concurrent-requests must be >= 1"),
+        (["--body-timeout", "0"], "--body-timeout must be > 0"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(
