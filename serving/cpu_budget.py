@@ -136,10 +136,16 @@ class ThreadBudget:
     decode_workers: int
     event_loop: int = 1
     overlap: bool = False
-    """True below 4 threads: ORT and decoding may each use every thread (they alternate per request)."""
+    """True when the pools and the event loop want more threads than ``total`` (below 4 CPUs the
+    event loop shares the pools' cores; with 1 CPU, or more instances than cores, the pools share too)."""
 
     def describe(self) -> str:
-        shared = ", the pools overlap (fewer than 4 CPUs)" if self.overlap else ""
+        pools = self.instances * self.intra_op_threads + self.decode_workers
+        shared = ""
+        if pools > self.total:
+            shared = ", the pools overlap"
+        elif self.overlap:
+            shared = ", the event loop shares their cores (fewer than 4 CPUs)"
         return (
             f"{self.total} CPU threads: ONNX Runtime {self.instances} instance(s) x {self.intra_op_threads} "
             f"intra-op thread(s), {self.decode_workers} decode worker(s), {self.event_loop} event loop{shared}"
@@ -165,32 +171,30 @@ def split_budget(
 ) -> ThreadBudget:
     """Share ``total`` threads between ONNX Runtime, decoding and the event loop.
 
-    CPU, 4 threads or more: decoding a clip costs about as much as the small CNNs' inference on it
-    (benchmarks/RESULTS.md), so after one thread for the event loop, decode workers get half and
-    ORT the other half, divided among the instances that compute at once: nothing oversubscribes.
-    Below 4 threads a partition would leave a core idle whenever one side waits for the other
-    (a request is decoded, then inferred), so both pools may use every thread (``overlap``); that
-    is also what the server did before the budget, and what measured best on 2 cores. CUDA: the GPU
+    CPU: decoding a clip costs about as much as the small CNNs' inference on it
+    (benchmarks/RESULTS.md), so decode workers get half and ORT the other half, divided among the
+    instances that compute at once; from 4 threads the event loop first gets its own, below that it
+    shares (it needs ~1 ms per request, a core would idle). Nothing else oversubscribes: on 2 CPUs
+    (1 ORT thread + 1 decode worker) a quiet machine measured 8-15 % less CPU per request than
+    letting both pools use both cores, and as many requests/s (RESULTS.md, issue 16). CUDA: the GPU
     computes, an instance needs one CPU thread to launch kernels, decoding gets the rest.
     Explicit ``intra_op_threads`` / ``decode_workers`` (the command-line flags) win over the split.
     """
     if total < 1 or instances < 1:
         raise ValueError(f"need total >= 1 and instances >= 1, got {total}, {instances}")
-    overlap = total < 4
-    workers = total if overlap else total - 1  # the event loop's own thread, when there are cores to spare
+    workers = total if total < 4 else total - 1  # the event loop's own thread, when there are cores to spare
     if on_cuda:
-        auto_intra = 1
-        auto_decode = workers if overlap else max(1, workers - instances)
-    elif overlap:
-        auto_intra = max(1, total // instances)
-        auto_decode = total
+        auto_intra = 1  # launching kernels and waiting for the device: decoding may use every core
+        auto_decode = total if total < 4 else max(1, workers - instances)
     else:
         auto_decode = max(1, workers // 2)
         auto_intra = max(1, (workers - auto_decode) // instances)
+    intra = intra_op_threads or auto_intra
+    decode = decode_workers or auto_decode
     return ThreadBudget(
         total=total,
         instances=instances,
-        intra_op_threads=intra_op_threads or auto_intra,
-        decode_workers=decode_workers or auto_decode,
-        overlap=overlap,
+        intra_op_threads=intra,
+        decode_workers=decode,
+        overlap=instances * intra + decode + 1 > total,
     )

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.batcher import Batcher, BatchObserver
-from serving.runtime import OnnxModel
+from serving.runtime import FP16_SUFFIX, OnnxModel, fp16_sibling
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class LoadedModel:
 class ModelEntry:
     id: str
     path: Path
-    stamp: tuple[int, int]
+    stamp: tuple[int, ...]
     loaded: LoadedModel | None = None
     error: str | None = None
     transient: bool = False
@@ -91,7 +91,7 @@ class ModelEntry:
     """Monotonic time before which a failed load is not retried."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def fail(self, exc: BaseException, stamp: tuple[int, int]) -> None:
+    def fail(self, exc: BaseException, stamp: tuple[int, ...]) -> None:
         self.error = str(exc) or type(exc).__name__
         self.transient = is_transient(exc)
         self.failures += 1
@@ -111,19 +111,36 @@ class ModelEntry:
             return False
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def _stamp(path: Path) -> tuple[int, ...]:
+    """mtime and size of the artifact and of its fp16 sibling (replacing either one reloads the model)."""
     stat = path.stat()
-    return stat.st_mtime_ns, stat.st_size
+    stamp: tuple[int, ...] = (stat.st_mtime_ns, stat.st_size)
+    sibling = fp16_sibling(path)
+    if sibling is not None:
+        try:
+            half = sibling.stat()
+        except OSError:
+            return stamp
+        stamp += (half.st_mtime_ns, half.st_size)
+    return stamp
 
 
 def scan_model_dir(model_dir: Path) -> dict[str, Path]:
-    """``{id: path}`` of every ``.onnx`` file below ``model_dir``, sorted, symlink escapes skipped."""
+    """``{id: path}`` of every ``.onnx`` file below ``model_dir``, sorted, symlink escapes skipped.
+
+    ``x.fp16.onnx`` beside ``x.onnx`` is not a model of its own: it is the half-precision variant
+    that ``x.onnx``'s entry serves on CUDA (see :mod:`serving.runtime`). An fp16 file with no fp32
+    file beside it is listed as a model.
+    """
     root = model_dir.resolve()
     found: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        names = set(filenames)
         for filename in sorted(filenames):
             if not filename.lower().endswith(".onnx"):
+                continue
+            if filename.lower().endswith(FP16_SUFFIX) and filename[: -len(FP16_SUFFIX)] + ".onnx" in names:
                 continue
             path = Path(dirpath) / filename
             if not path.resolve().is_relative_to(root):
@@ -297,12 +314,12 @@ class ModelRegistry:
             except Exception:  # a bug must not stop the watcher silently: log it, poll again
                 log.exception("hot reload: poll of %s failed; watching on", self.model_dir)
 
-    async def poll(self, previous: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    async def poll(self, previous: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         """One hot-reload pass; ``previous`` is the last pass's stamps, returns this pass's.
 
         A file is (re)loaded only when its stamp equals the previous pass's, i.e. it stopped changing.
         """
-        current: dict[str, tuple[int, int]] = {}
+        current: dict[str, tuple[int, ...]] = {}
         found = scan_model_dir(self.model_dir)
         for model_id, path in found.items():
             with contextlib.suppress(FileNotFoundError):
@@ -323,7 +340,7 @@ class ModelRegistry:
                 await self._replace(entry, stamp)
         return current
 
-    async def _replace(self, entry: ModelEntry, stamp: tuple[int, int]) -> None:
+    async def _replace(self, entry: ModelEntry, stamp: tuple[int, ...]) -> None:
         if entry.loaded is None:  # lazy or failed before: forget the old error, load like at start
             entry.stamp, entry.error, entry.failures = stamp, None, 0
             if entry.id in self.requested:

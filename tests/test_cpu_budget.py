@@ -66,17 +66,20 @@ def test_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("total", "instances", "intra", "decode"),
-    [(1, 1, 1, 1), (2, 1, 2, 2), (2, 2, 1, 2), (4, 1, 2, 1), (8, 1, 4, 3), (8, 2, 2, 3), (16, 3, 2, 7)],
+    [(1, 1, 1, 1), (2, 1, 1, 1), (2, 2, 1, 1), (3, 1, 2, 1), (4, 1, 2, 1), (8, 1, 4, 3), (8, 2, 2, 3), (16, 3, 2, 7)],
 )
 def test_cpu_split_gives_ort_and_decode_their_shares(
     total: int, instances: int, intra: int, decode: int
 ) -> None:
     budget = split_budget(total, instances=instances)
     assert (budget.intra_op_threads, budget.decode_workers) == (intra, decode)
+    pools = instances * budget.intra_op_threads + budget.decode_workers
     if total >= 4:  # the split never oversubscribes once there is a core for the loop
-        assert instances * budget.intra_op_threads + budget.decode_workers + budget.event_loop <= total
-    else:  # below that the pools overlap, and say so
-        assert budget.overlap and "overlap" in budget.describe()
+        assert pools + budget.event_loop <= total and not budget.overlap
+    elif pools <= total:  # below that only the event loop shares a core, and the split says so
+        assert budget.overlap and "the event loop shares their cores" in budget.describe()
+    else:  # 1 CPU, or more instances than cores
+        assert budget.overlap and "the pools overlap" in budget.describe()
 
 
 def test_on_cuda_decoding_gets_the_cores_the_gpu_frees() -> None:

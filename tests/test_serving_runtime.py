@@ -339,3 +339,16 @@ def test_bound_io_reports_the_h2d_compute_d2h_split_and_lumen_bench_prints_it(
     document = json.loads(report.read_text())
     assert document["device"] == "cuda:0" and set(document["phases_ms"]) == {"1", "3"}
     assert set(document["phases_ms"]["3"]) == {"h2d", "compute", "d2h"}
+
+
+def test_the_registry_lists_an_fp16_sibling_under_its_fp32_model_only(tmp_path: Path) -> None:
+    from serving.registry import _stamp, scan_model_dir
+
+    path = kit.build_model(tmp_path / "tone.onnx")
+    alone = kit.build_model(tmp_path / "sub" / "half.fp16.onnx")  # no fp32 beside it: a model of its own
+    assert sorted(scan_model_dir(tmp_path)) == ["sub/half.fp16.onnx", "tone.onnx"]
+    before = _stamp(path)
+    sibling = _fp16_sibling(path)
+    assert sorted(scan_model_dir(tmp_path)) == ["sub/half.fp16.onnx", "tone.onnx"]
+    assert _stamp(path) != before  # a new or replaced fp16 sibling reloads tone.onnx's entry
+    assert len(_stamp(path)) == 4 and len(_stamp(sibling)) == 2 and alone.exists()
