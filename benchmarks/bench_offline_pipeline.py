@@ -120,11 +120,15 @@ def main() -> int:
     split = split_budget(limit.cpus, instances=1)
     intra = args.intra_op_threads or split.intra_op_threads
     workers = args.decode_workers or split.decode_workers
-    session = ort.InferenceSession(str(args.model), session_options(intra), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(args.model), session_options(intra), providers=["CPUExecutionProvider"]
+    )
     meta = metadata_from_props(dict(session.get_modelmeta().custom_metadata_map), source=str(args.model))
     data = args.audio.read_bytes()
     one = batch_one(session, data, meta, args.runs)
-    rounds = [throughput(session, data, meta, args.clips, args.batch_size, workers) for _ in range(args.rounds)]
+    rounds = [
+        throughput(session, data, meta, args.clips, args.batch_size, workers) for _ in range(args.rounds)
+    ]
     rates = [r["clips_per_s"] for r in rounds]
     result = {
         "model": str(args.model),

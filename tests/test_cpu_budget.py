@@ -66,7 +66,16 @@ def test_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("total", "instances", "intra", "decode"),
-    [(1, 1, 1, 1), (2, 1, 1, 1), (2, 2, 1, 1), (3, 1, 2, 1), (4, 1, 2, 1), (8, 1, 4, 3), (8, 2, 2, 3), (16, 3, 2, 7)],
+    [
+        (1, 1, 1, 1),
+        (2, 1, 1, 1),
+        (2, 2, 1, 1),
+        (3, 1, 2, 1),
+        (4, 1, 2, 1),
+        (8, 1, 4, 3),
+        (8, 2, 2, 3),
+        (16, 3, 2, 7),
+    ],
 )
 def test_cpu_split_gives_ort_and_decode_their_shares(
     total: int, instances: int, intra: int, decode: int
