@@ -19,11 +19,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -38,6 +38,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.version import __version__
 from serving.batcher import QueueFull, RequestTooLarge
+from serving.disconnect import ClientDisconnected
+from serving.disconnect import unless_disconnected as _unless_disconnected
 from serving.docs import error_responses, openapi_config
 from serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from serving.oip import oip_routes
@@ -78,7 +80,6 @@ NDJSON = "application/x-ndjson"
 # the event loop in the parser before --max-paths could refuse it.
 JSON_BODY_LIMIT = 4 * 1024 * 1024
 UPLOAD_HINT = "send the audio as multipart/form-data parts named 'files' (curl -F files=@song.wav)"
-T = TypeVar("T")
 
 
 @dataclass
@@ -132,10 +133,6 @@ class PredictOperation(Operation):
         )
 
 
-class ClientDisconnected(Exception):
-    """The client went away while its request was queued; its windows have been dropped."""
-
-
 class TooMany(ValueError):
     """More files, paths or datasets in one request than the server's limit (413)."""
 
@@ -161,32 +158,6 @@ def _server(state: State) -> Server:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
-    """Run ``work``, cancelling it (and so dropping its queued windows) if the client disconnects."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnect(request.receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the handler itself is cancelled (e.g. shutdown timeout)
-        task.cancel()  # so the work leaves the batcher before use() lets it go
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientDisconnected
-    return task.result()
 
 
 def _model_info(server: Server, model_id: str) -> ModelInfo:

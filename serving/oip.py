@@ -41,6 +41,7 @@ from litestar.params import FromPath
 from common.artifact import INPUT_NAME, OUTPUT_NAME
 from common.version import __version__
 from serving.batcher import BatcherClosed, QueueFull
+from serving.disconnect import unless_disconnected
 from serving.pipeline import Job, thresholds_for
 from serving.registry import LoadedModel, ModelNotFound
 
@@ -494,11 +495,10 @@ async def _infer(request: Request[Any, Any, Any], server: Any, rest: str) -> Res
                 windows = await asyncio.to_thread(waveform_windows, *args)
             else:
                 windows = waveform_windows(*args)
-            probs = await _run_waveform(loaded, windows)
+            probs = await unless_disconnected(request, _run_waveform(loaded, windows))
         elif tensor.name == AUDIO_INPUT:
-            probs = await _run_audio(
-                server, loaded, tensor.name, audio_files(tensor, payload, server.settings.max_files)
-            )
+            files = audio_files(tensor, payload, server.settings.max_files)
+            probs = await unless_disconnected(request, _run_audio(server, loaded, tensor.name, files))
         else:
             raise OipError(400, f"unknown input {tensor.name!r}; inputs: {INPUT_NAME}, {AUDIO_INPUT}")
     return encode_response(loaded, infer_request, probs, thresholds_for(meta, threshold))

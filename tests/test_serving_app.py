@@ -481,6 +481,65 @@ def test_a_disconnected_client_cancels_its_work() -> None:
     assert asyncio.run(scenario())
 
 
+def test_an_oip_client_that_disconnects_stops_waiting_for_its_inference(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OIP route is guarded like the native ones: a client that goes away while its windows are
+    being computed gets its work cancelled (499 in the metrics) instead of holding the handler."""
+    gate, entered = threading.Event(), threading.Event()
+    original = OnnxModel.run
+
+    def held_run(self: OnnxModel, windows: np.ndarray, instance: int = 0) -> np.ndarray:
+        entered.set()
+        assert gate.wait(HANG_GUARD_S)
+        return original(self, windows, instance)
+
+    app = create_app(settings(workspace, models=(MODEL,)))
+    waveform = np.zeros(kit.WINDOW, np.float32).tolist()
+    body = json.dumps(
+        {"inputs": [{"name": "waveform", "shape": [1, kit.WINDOW], "datatype": "FP32", "data": waveform}]}
+    ).encode()
+
+    async def scenario() -> list[int]:
+        life_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        life_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        lifespan = asyncio.ensure_future(app({"type": "lifespan"}, life_in.get, life_out.put))  # type: ignore[arg-type]
+        await life_in.put({"type": "lifespan.startup"})
+        assert (await asyncio.wait_for(life_out.get(), HANG_GUARD_S))["type"] == "lifespan.startup.complete"
+        registry = app.state.server.registry
+        for _ in range(int(HANG_GUARD_S / 0.01)):
+            if registry.entries[MODEL].loaded is not None:
+                break
+            await asyncio.sleep(0.01)
+        monkeypatch.setattr(OnnxModel, "run", held_run)  # after the warm-up run
+        messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await messages.put({"type": "http.request", "body": body, "more_body": False})
+        statuses: list[int] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": f"/v2/models/{MODEL}/infer", "raw_path": f"/v2/models/{MODEL}/infer".encode(),
+            "query_string": b"", "root_path": "", "server": ("testserver", 80), "client": ("test", 1),
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }  # fmt: skip
+        request = asyncio.ensure_future(app(scope, messages.get, send))  # type: ignore[arg-type]
+        assert await asyncio.to_thread(entered.wait, HANG_GUARD_S)  # its window is computing (held)
+        await messages.put({"type": "http.disconnect"})
+        await asyncio.wait_for(request, HANG_GUARD_S)  # returns while the model is still held
+        held = not gate.is_set()
+        gate.set()
+        await life_in.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(lifespan, HANG_GUARD_S)
+        assert held
+        return statuses
+
+    assert asyncio.run(scenario()) == [499]
+
+
 def test_a_real_bug_is_a_logged_500(
     client: TestClient, workspace: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
