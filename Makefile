@@ -65,22 +65,33 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_decode.py
 
 # Rebuild models/demo/lumen-demo.onnx from scratch with the project's own tools (see models/demo/MODEL_CARD.md).
+# Training data: three GM soundfonts only, half rendered with sound-source variation (rooms, microphones,
+# noise, dynamics, bends), half dry. Evaluation: a GM soundfont training never used (sf_GMbank) and the
+# recorded samples of benchmarks/real_samples.sh.
 DEMO_DATA ?= data/demo-synth
 DEMO_RUNS ?= models/demo-runs
-DEMO_SOUNDFONTS := /usr/share/sounds/sf2/TimGM6mb.sf2 /usr/share/sounds/sf2/FluidR3_GM.sf2
-DEMO_SYNTH = $(VENV)/bin/lumen-data synth --sample-rate 16000 --jobs 2 $(foreach sf,$(DEMO_SOUNDFONTS),--soundfont $(sf))
+SF2 := /usr/share/sounds/sf2
+DEMO_SOUNDFONTS := $(SF2)/TimGM6mb.sf2 $(SF2)/FluidR3_GM.sf2 /usr/share/sounds/sf3/MuseScore_General.sf3
+DEMO_HELDOUT_SOUNDFONT := $(SF2)/sf_GMbank.sf2
+DEMO_APT := timgm6mb-soundfont fluid-soundfont-gm musescore-general-soundfont csound-soundfont
+DEMO_SYNTH = $(VENV)/bin/lumen-data synth --sample-rate 16000 --jobs 2
+DEMO_TRAIN_SYNTH = $(DEMO_SYNTH) $(foreach sf,$(DEMO_SOUNDFONTS),--soundfont $(sf))
+DEMO_TEST = $(VENV)/bin/lumen-test --model models/demo/lumen-demo.onnx --all-plots
 
 demo-model: setup
-	@for sf in $(DEMO_SOUNDFONTS); do [ -f $$sf ] || { echo "missing $$sf: apt-get install -y timgm6mb-soundfont fluid-soundfont-gm"; exit 1; }; done
+	@for sf in $(DEMO_SOUNDFONTS) $(DEMO_HELDOUT_SOUNDFONT); do [ -f $$sf ] || { echo "missing $$sf: apt-get install -y $(DEMO_APT)"; exit 1; }; done
 	rm -rf $(DEMO_DATA) $(DEMO_RUNS)
-	$(DEMO_SYNTH) --out $(DEMO_DATA)/train --layout irmastrain --per-class 300 --seed 0
-	$(DEMO_SYNTH) --out $(DEMO_DATA)/val --layout irmastest --per-class 40 --seed 1 --min-seconds 5 --max-seconds 10
-	$(DEMO_SYNTH) --out $(DEMO_DATA)/test --layout irmastest --per-class 60 --seed 2 --min-seconds 5 --max-seconds 10
-	$(VENV)/bin/lumen-train --train-paths irmastrain:$(DEMO_DATA)/train --val-paths irmastest:$(DEMO_DATA)/val \
-		--test-paths irmastest:$(DEMO_DATA)/test --model SMALL_CNN --audio-transform MEL_SPECTROGRAM --n-mels 64 \
+	$(DEMO_TRAIN_SYNTH) --variation varied --out $(DEMO_DATA)/train-varied --layout irmastrain --per-class 300 --seed 0
+	$(DEMO_TRAIN_SYNTH) --variation dry --out $(DEMO_DATA)/train-dry --layout irmastrain --per-class 300 --seed 5
+	$(DEMO_TRAIN_SYNTH) --variation varied --out $(DEMO_DATA)/val --layout irmastest --per-class 40 --seed 1 --min-seconds 5 --max-seconds 10
+	$(DEMO_SYNTH) --soundfont $(DEMO_HELDOUT_SOUNDFONT) --variation varied --out $(DEMO_DATA)/heldout-soundfont \
+		--layout irmastest --per-class 30 --seed 3 --min-seconds 5 --max-seconds 10
+	bash benchmarks/real_samples.sh $(DEMO_DATA)/real
+	$(VENV)/bin/lumen-train --train-paths irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-dry \
+		--val-paths irmastest:$(DEMO_DATA)/val --model SMALL_CNN --audio-transform MEL_SPECTROGRAM --n-mels 64 \
 		--window-seconds 3.0 --hop-seconds 1.5 --augmentations SUM_N_SAMPLES COLOR_NOISE TIME_MASK FREQ_MASK \
-		--aug-kwargs sum_n_samples_p=0.7 sum_n_samples_n=4 --epochs 25 --batch-size 32 --lr 1e-3 \
+		--aug-kwargs sum_n_samples_p=0.7 sum_n_samples_n=4 --epochs 30 --batch-size 32 --lr 1e-3 \
 		--lr-onecycle-max 4e-3 --nofinetune-head --cache-audio --num-workers 2 --seed 0 --output-dir $(DEMO_RUNS)
 	$(VENV)/bin/lumen-export $(DEMO_RUNS)/*/checkpoints/best.ckpt --out models/demo/lumen-demo.onnx
-	$(VENV)/bin/lumen-test --model models/demo/lumen-demo.onnx --dataset-paths irmastest:$(DEMO_DATA)/test \
-		--out-dir $(DEMO_RUNS)/test-report --all-plots
+	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/heldout-soundfont --out-dir $(DEMO_RUNS)/heldout-soundfont
+	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/real --out-dir $(DEMO_RUNS)/real
