@@ -38,8 +38,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.version import __version__
 from serving.batcher import QueueFull, RequestTooLarge
-from serving.disconnect import ClientDisconnected
-from serving.disconnect import unless_disconnected as _unless_disconnected
+from serving.disconnect import ClientDisconnected, unless_disconnected
 from serving.docs import error_responses, openapi_config
 from serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from serving.oip import oip_routes
@@ -304,7 +303,7 @@ async def predict(
 ) -> PredictResponse:
     async with server.registry.use(model) as loaded:
         jobs = await _uploaded_jobs(request, server, filename)
-        results = await _unless_disconnected(
+        results = await unless_disconnected(
             request, server.pipeline.predict(loaded, jobs, keep_windows=timeline)
         )
     maps = _maps(loaded, threshold, timeline)
@@ -340,7 +339,7 @@ async def predict_directory(
                 for result in chunk:
                     maps.add(result)
 
-        await _unless_disconnected(request, run())
+        await unless_disconnected(request, run())
     _check_inference(maps)
     return PredictResponse(
         model=loaded.id,
@@ -413,7 +412,7 @@ async def test_directory(
                     maps.add(result)
                     evaluation.add(result)
 
-        await _unless_disconnected(request, run())
+        await unless_disconnected(request, run())
     _check_inference(maps)
     file_metrics, instrument_metrics = evaluation.metrics()
     return TestDirectoryResponse(

@@ -135,17 +135,24 @@ class ThreadBudget:
     """ONNX Runtime intra-op threads per instance (``instances`` of them compute at once)."""
     decode_workers: int
     event_loop: int = 1
-    overlap: bool = False
-    """True when the pools and the event loop want more threads than ``total`` (below 4 CPUs the
-    event loop shares the pools' cores; with 1 CPU, or more instances than cores, the pools share too)."""
+
+    @property
+    def pools(self) -> int:
+        """Threads ONNX Runtime and the decode pool may run at once."""
+        return self.instances * self.intra_op_threads + self.decode_workers
+
+    @property
+    def overlap(self) -> bool:
+        """True when the pools and the event loop want more threads than ``total`` (below 4 CPUs the
+        event loop shares the pools' cores; with 1 CPU, or more instances than cores, the pools share too)."""
+        return self.pools + self.event_loop > self.total
 
     def describe(self) -> str:
-        pools = self.instances * self.intra_op_threads + self.decode_workers
         shared = ""
-        if pools > self.total:
+        if self.pools > self.total:
             shared = ", the pools overlap"
         elif self.overlap:
-            shared = ", the event loop shares their cores (fewer than 4 CPUs)"
+            shared = ", the event loop shares their cores"
         return (
             f"{self.total} CPU threads: ONNX Runtime {self.instances} instance(s) x {self.intra_op_threads} "
             f"intra-op thread(s), {self.decode_workers} decode worker(s), {self.event_loop} event loop{shared}"
@@ -189,12 +196,9 @@ def split_budget(
     else:
         auto_decode = max(1, workers // 2)
         auto_intra = max(1, (workers - auto_decode) // instances)
-    intra = intra_op_threads or auto_intra
-    decode = decode_workers or auto_decode
     return ThreadBudget(
         total=total,
         instances=instances,
-        intra_op_threads=intra,
-        decode_workers=decode,
-        overlap=instances * intra + decode + 1 > total,
+        intra_op_threads=intra_op_threads or auto_intra,
+        decode_workers=decode_workers or auto_decode,
     )

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.batcher import Batcher, BatchObserver
-from serving.runtime import FP16_SUFFIX, OnnxModel, fp16_sibling
+from serving.runtime import OnnxModel, fp16_sibling
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,11 @@ def scan_model_dir(model_dir: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        names = set(filenames)
-        for filename in sorted(filenames):
-            if not filename.lower().endswith(".onnx"):
+        onnx = [Path(dirpath) / name for name in sorted(filenames) if name.lower().endswith(".onnx")]
+        variants = {fp16_sibling(path) for path in onnx}
+        for path in onnx:
+            if path in variants:
                 continue
-            if filename.lower().endswith(FP16_SUFFIX) and filename[: -len(FP16_SUFFIX)] + ".onnx" in names:
-                continue
-            path = Path(dirpath) / filename
             if not path.resolve().is_relative_to(root):
                 log.warning("skipping %s: it resolves outside the model directory %s", path, root)
                 continue

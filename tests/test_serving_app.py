@@ -26,7 +26,8 @@ from serving_testkit import HANG_GUARD_S, upload, wait_for
 
 from common.audio import window_count
 from common.labels import LABELS
-from serving.app import ClientDisconnected, _unless_disconnected, create_app
+from serving.app import create_app
+from serving.disconnect import ClientDisconnected, unless_disconnected
 from serving.pipeline import ResponseMaps
 from serving.runtime import OnnxModel
 from serving.settings import Settings
@@ -475,7 +476,7 @@ def test_a_disconnected_client_cancels_its_work() -> None:
         work = asyncio.ensure_future(asyncio.Event().wait())
         await request.messages.put({"type": "http.disconnect"})
         with pytest.raises(ClientDisconnected):
-            await asyncio.wait_for(_unless_disconnected(request, work), HANG_GUARD_S)  # type: ignore[arg-type]
+            await asyncio.wait_for(unless_disconnected(request, work), HANG_GUARD_S)  # type: ignore[arg-type]
         return work.cancelled()
 
     assert asyncio.run(scenario())

@@ -31,8 +31,9 @@ from serving_testkit import HANG_GUARD_S, upload, wait_for
 from common.audio import window_count
 from common.labels import LABELS
 from serving import pipeline as pipeline_module
-from serving.app import _unless_disconnected, create_app
+from serving.app import create_app
 from serving.batcher import Batcher, QueueFull, RequestTooLarge
+from serving.disconnect import unless_disconnected
 from serving.registry import ModelRegistry
 from serving.runtime import OnnxModel
 from serving.settings import Settings
@@ -545,7 +546,7 @@ def test_cancelling_the_handler_cancels_its_work() -> None:
 
     async def scenario() -> bool:
         work = asyncio.ensure_future(asyncio.Event().wait())
-        handler = asyncio.ensure_future(_unless_disconnected(Silent(), work))  # type: ignore[arg-type]
+        handler = asyncio.ensure_future(unless_disconnected(Silent(), work))  # type: ignore[arg-type]
         await asyncio.sleep(0.01)
         handler.cancel()
         with pytest.raises(asyncio.CancelledError):
