@@ -11,7 +11,7 @@ import soundfile as sf
 
 from training import data_cli
 from training.synth import acoustics, pipeline, render
-from training.synth.compose import Bend, Note, Part, Piece, compose
+from training.synth.compose import Bend, Note, Part, Piece, choose_voice, compose, isolate, isolated_notes
 from training.synth.expression import GESTURES, MAX_BEND_CENTS, add_pitch_expression, is_monophonic
 from training.synth.variation import DRY, PRESETS, VARIED, Variation
 
@@ -198,3 +198,77 @@ def test_other_soundfonts_render(tmp_path: Path, name: str) -> None:
     for wav in sorted(report.out_dir.glob("*.wav")):
         audio, _ = sf.read(wav, dtype="float32")
         assert np.sqrt(np.mean(audio**2)) > 0.005, wav.name
+
+
+@pytest.mark.parametrize("code", ["cel", "pia", "gel", "voi"])
+def test_isolated_notes_start_every_clip_and_stay_in_range(code: str) -> None:
+    rng = np.random.default_rng(3)
+    starts, clip = [0.5, 3.5, 6.5], 3.0
+    for trial in range(20):
+        voice = choose_voice(rng, code)
+        notes = isolated_notes(rng, voice, starts, clip)
+        for start in starts:  # no clip is silent: its first note comes within 0.4 s
+            assert any(start <= n.start <= start + 0.4 for n in notes), (trial, start)
+        assert all(voice.low <= n.pitch <= voice.high and 30 <= n.velocity <= 120 for n in notes)
+        assert all(any(s <= n.start < n.end <= s + clip for s in starts) for n in notes)
+        onsets = sorted({n.start for n in notes})
+        if voice.texture == "melodic":  # one note at a time; chords only where the instrument has them
+            assert len(onsets) == len(notes)
+        # Separated by silence: each note ends before the next onset (ringing is the soundfont's).
+        for n in notes:
+            later = [t for t in onsets if t > n.start]
+            assert not later or n.end <= min(later)
+
+
+def test_isolate_keeps_the_lead_alone_and_its_label() -> None:
+    rng = np.random.default_rng(0)
+    piece = compose(rng, ("vio",), "pop_roc", True, 6.5)
+    assert len(piece.parts) == 2 and piece.parts[1].is_drum
+    solo = isolate(rng, piece, [0.5, 3.5], 3.0)
+    (part,) = solo.parts
+    assert part.code == "vio" and part.program == piece.parts[0].program and part.notes
+    assert all(c.number != 11 for c in part.controls)  # no expression swell over the silences
+    assert solo.seconds == piece.seconds and piece.parts[0].notes != part.notes
+
+
+def test_isolated_prob_is_a_cli_flag_and_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    args = data_cli.build_parser().parse_args(
+        [
+            "synth",
+            "--out",
+            "x",
+            "--layout",
+            "csv",
+            "--per-class",
+            "1",
+            "--variation",
+            "varied",
+            "--isolated-prob",
+            "0.3",
+        ]
+    )
+    assert data_cli._variation(args).isolated_prob == 0.3
+    with pytest.raises(ValueError, match="--isolated-prob must be within 0..1"):
+        Variation(isolated_prob=1.5).validate()
+
+
+@needs_soundfont
+def test_isolated_takes_change_solo_tracks_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """irmastest mixes of 2-4 instruments render byte-identically; solo ones become isolated notes
+    and keep their label. (One synth per track: FluidSynth's reverb lines carry a faint tail from one
+    track into the next within a batch, so a changed solo track would perturb the mix after it.)"""
+    monkeypatch.setattr(pipeline, "BATCH_TRACKS", 1)
+    plain = _read_all(_synth(tmp_path / "plain", DRY).out_dir)
+    taken = _read_all(_synth(tmp_path / "iso", Variation(isolated_prob=1.0)).out_dir)
+    assert plain.keys() == taken.keys()
+    solo = [n for n in plain if n.endswith(".txt") and plain[n].count(b"\n") == 1]
+    mixed = [n for n in plain if n.endswith(".txt") and plain[n].count(b"\n") > 1]
+    assert solo and mixed
+    for txt in mixed:
+        assert taken[txt] == plain[txt] and taken[txt[:-4] + ".wav"] == plain[txt[:-4] + ".wav"]
+    changed = 0
+    for txt in solo:
+        assert taken[txt] == plain[txt]
+        wav = txt[:-4] + ".wav"
+        changed += taken[wav] != plain[wav]
+    assert changed == len(solo)

@@ -127,6 +127,8 @@ def _add_variation_arguments(synth: argparse.ArgumentParser) -> None:
         "bend_prob": "scoops, falls and string bends where the instrument has them",
         "vibrato_prob": "pitch vibrato of random rate and depth on long notes",
         "min_peak": "clips are peak-normalised to a random level in MIN_PEAK..0.95",
+        "isolated_prob": "solo tracks only: one to three isolated notes or chords per clip, left to decay, "
+        "with silence between (a sample-library take) instead of a musical line",
     }
     for f in fields(Variation):
         pair = f.name in ("rt60", "snr_db")

@@ -441,3 +441,59 @@ def compose(
         parts.append(drum)
     reverb = (float(rng.uniform(0.1, 0.8)), float(rng.uniform(0.1, 0.7)), float(rng.uniform(0.2, 0.9)))
     return Piece(seconds, genre, tempo, parts, reverb)
+
+
+ISOLATED_NOTES_WEIGHTS = (0.5, 0.3, 0.2)  # one, two or three notes per clip
+ISOLATED_SECONDS = (0.12, 2.6)  # note length, drawn log-uniformly: a pizzicato to a long sustain
+CHORD_PROB = 0.4  # keyboards and guitars strike a chord instead of a single note this often
+
+
+def voice_of(part: Part) -> Voice:
+    """The :data:`VOICES` entry a labelled part was composed with."""
+    return next(v for v in VOICES[part.code or ""] if v.program == part.program)
+
+
+def isolated_notes(
+    rng: np.random.Generator, voice: Voice, clip_starts: list[float], clip_seconds: float
+) -> list[Note]:
+    """A sample-library take: in every clip one to three notes (or chords, on keyboards and
+    guitars), each struck once and left to ring or stop, with silence between them.
+
+    Real instrument samples (and many uploads) are exactly this: one note, its attack and decay.
+    Notes are drawn over the instrument's whole range, at any velocity, and the first one of each
+    clip starts within 0.4 s so no clip is silent; a note is released by the end of its clip
+    (its release tail may ring on).
+    """
+    notes: list[Note] = []
+    polyphonic = voice.texture != "melodic"
+    for clip_start in clip_starts:
+        clip_end = clip_start + clip_seconds
+        count = 1 + int(rng.choice(len(ISOLATED_NOTES_WEIGHTS), p=ISOLATED_NOTES_WEIGHTS))
+        t = clip_start + float(rng.uniform(0.0, 0.4))
+        for _ in range(count):
+            if t > clip_end - 0.2:
+                break
+            length = min(float(np.exp(rng.uniform(*np.log(ISOLATED_SECONDS)))), clip_end - t)
+            root = int(rng.integers(voice.low, voice.high + 1))
+            pitches = [root]
+            if polyphonic and rng.random() < CHORD_PROB:
+                size = int(rng.integers(2, 5))
+                third = root + int(rng.choice([3, 4]))
+                pitches = [p for p in (root, third, root + 7, root + 12) if p <= voice.high][:size]
+            velocity = int(rng.integers(30, 121))
+            notes += [Note(t, t + length, p, velocity) for p in pitches]
+            t += length + float(rng.uniform(0.05, 0.6))
+    return notes
+
+
+def isolate(rng: np.random.Generator, piece: Piece, clip_starts: list[float], clip_seconds: float) -> Piece:
+    """``piece`` played as a sample-library take: the lead instrument alone (no accompaniment, no
+    drums), :func:`isolated_notes` instead of its line. Labels are unchanged (the lead's code)."""
+    lead = piece.parts[0]
+    voice = voice_of(lead)
+    notes = tidy(
+        isolated_notes(rng, voice, clip_starts, clip_seconds), piece.seconds, voice.texture == "melodic"
+    )
+    controls = [c for c in lead.controls if c.number != 11]  # no expression swells across silences
+    solo = Part(lead.code, lead.program, notes, controls, level_db=0.0)
+    return Piece(piece.seconds, piece.genre, piece.tempo, [solo], piece.reverb)

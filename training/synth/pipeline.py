@@ -32,7 +32,7 @@ from rich.text import Text
 
 from common.labels import LABELS
 from training.synth.acoustics import record
-from training.synth.compose import compose
+from training.synth.compose import compose, isolate
 from training.synth.expression import add_pitch_expression
 from training.synth.layouts import LAYOUTS, PlanOptions, Track, dataset_spec, plan, write_csv, write_sidecar
 from training.synth.render import FluidRenderer, SynthError, find_soundfonts, import_fluidsynth, mix
@@ -42,6 +42,7 @@ BATCH_TRACKS = 16
 PREROLL_SECONDS = 0.5  # rendered then dropped: clips start mid-music, with notes and reverb already sounding
 PEAK_MAX = 0.95  # each clip is peak-normalised to a random level in variation.min_peak..0.95 (never clips)
 VARIATION_STREAM = 1
+ISOLATED_STREAM = 2
 SILENCE_PEAK = 1e-4
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000  # FluidSynth's accepted range
 
@@ -175,6 +176,12 @@ def render_track(renderer: FluidRenderer, track: Track) -> list[np.ndarray]:
     rng = np.random.default_rng(track.seed)
     sr, variation = renderer.sample_rate, track.variation
     piece = compose(rng, track.codes, track.genre, track.drums, PREROLL_SECONDS + track.seconds)
+    if variation.isolated_prob > 0 and len(track.codes) == 1:
+        # Its own stream too: with isolated_prob 0 nothing is drawn and renders stay byte-identical.
+        take_rng = np.random.default_rng([*track.seed, ISOLATED_STREAM])
+        if take_rng.random() < variation.isolated_prob:
+            starts = [PREROLL_SECONDS + k * track.clip_seconds for k in range(len(track.outputs))]
+            piece = isolate(take_rng, piece, starts, track.clip_seconds)
     # Variation draws from its own stream: the notes (and a dry render) do not depend on it.
     variation_rng = np.random.default_rng([*track.seed, VARIATION_STREAM])
     if variation.changes_pitch:

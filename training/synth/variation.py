@@ -26,6 +26,7 @@ class Variation:
     bend_prob: float = 0.0  # per note: scoops, falls, string bends where the instrument has them
     vibrato_prob: float = 0.0  # per part: pitch-wheel vibrato of random rate and depth on long notes
     min_peak: float = 0.5  # clips are peak-normalised to a level in min_peak..0.95
+    isolated_prob: float = 0.0  # per solo track: isolated notes (a sample-library take) instead of a line
 
     def validate(self) -> Variation:
         for f in fields(self):
