@@ -3,7 +3,11 @@
 For each concurrency level, that many clients send one file per request back to back for
 ``--duration`` seconds (after a short warm-up that is not counted). Reported per level: requests/s,
 audio-seconds/s, latency percentiles, errors, and the mean batch size the server formed during the
-level, read from its ``/metrics`` (``lumen_batch_size`` sum/count deltas). Only loopback URLs are
+level, read from its ``/metrics`` (``lumen_batch_size`` sum/count deltas), and where each request's
+time went, in Triton's vocabulary: decode (per file, in a decode worker), queue (until its first
+batch), compute (per batch; on CUDA with bound I/O also host->device and device->host copies) and
+"other" (mean latency minus those: HTTP, body parsing, hops between threads). With ``nvidia-smi`` on
+the host the GPU's mean utilisation during the level is reported too. Only loopback URLs are
 accepted and every run is bounded in time and request count: this is a benchmark, not a load
 generator for other people's servers.
 """
@@ -15,6 +19,8 @@ import asyncio
 import ipaddress
 import itertools
 import json
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -59,6 +65,8 @@ class LevelResult:
     latency_ms_p95: float | None
     latency_ms_p99: float | None
     mean_batch_size: float | None
+    split_ms: dict[str, float | None] | None = None  # decode/queue/h2d/compute/d2h/other, per request
+    gpu_utilization_pct: float | None = None  # mean of nvidia-smi samples during the level
 
 
 def check_loopback(url: str) -> str:
@@ -124,6 +132,103 @@ def batch_totals(metrics_text: str, model: str) -> tuple[float, float]:
             elif sample.name == f"{BATCH_METRIC}_count":
                 count = sample.value
     return total, count
+
+
+STAGE_METRICS = {  # stage -> (histogram, extra labels)
+    "decode": ("lumen_decode_seconds", {}),
+    "queue": ("lumen_queue_wait_seconds", {}),
+    "h2d": ("lumen_batch_phase_seconds", {"phase": "h2d"}),
+    "compute": ("lumen_inference_latency_seconds", {}),
+    "d2h": ("lumen_batch_phase_seconds", {"phase": "d2h"}),
+}
+
+
+def stage_totals(metrics_text: str, model: str) -> dict[str, tuple[float, float]]:
+    """``stage -> (sum seconds, count)`` of the server's per-stage histograms for ``model``."""
+    totals: dict[str, list[float]] = {stage: [0.0, 0.0] for stage in STAGE_METRICS}
+    families = {family.name: family for family in text_string_to_metric_families(metrics_text)}
+    for stage, (name, labels) in STAGE_METRICS.items():
+        family = families.get(name)
+        if family is None:
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") != model or any(
+                sample.labels.get(k) != v for k, v in labels.items()
+            ):
+                continue
+            if sample.name == f"{name}_sum":
+                totals[stage][0] += sample.value
+            elif sample.name == f"{name}_count":
+                totals[stage][1] += sample.value
+    return {stage: (total, count) for stage, (total, count) in totals.items()}
+
+
+def time_split_ms(
+    before: dict[str, tuple[float, float]],
+    after: dict[str, tuple[float, float]],
+    mean_latency_s: float | None,
+) -> dict[str, float | None]:
+    """Mean milliseconds per stage over one level (None where the server observed none), plus
+    ``other``: the mean client latency not spent in any stage (HTTP, parsing, thread hops).
+
+    decode is per file and queue per request; compute, h2d and d2h are per batch, which is what each
+    request of a batch waits for, so the stages add up to one request's path through the server.
+    """
+    split: dict[str, float | None] = {}
+    for stage in STAGE_METRICS:
+        total = after[stage][0] - before[stage][0]
+        count = after[stage][1] - before[stage][1]
+        split[stage] = round(1000.0 * total / count, 3) if count > 0 else None
+    if mean_latency_s is None:
+        split["other"] = None
+    else:
+        known = sum(v for v in split.values() if v is not None)
+        split["other"] = round(1000.0 * mean_latency_s - known, 3)
+    return split
+
+
+class GpuSampler:
+    """Mean GPU utilisation over a stretch of time, from ``nvidia-smi`` sampling every 100 ms.
+
+    On a host without ``nvidia-smi`` (or where it fails) :meth:`stop` returns None: the benchmark
+    then reports no utilisation instead of a made-up 0 %. The server must be on this host (the
+    benchmark only accepts loopback URLs), so this is the server's GPU.
+    """
+
+    def __init__(self, command: str = "nvidia-smi") -> None:
+        self.command = shutil.which(command)
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        if self.command is None:
+            return
+        query = [self.command, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
+        try:
+            self._process = subprocess.Popen(
+                query, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
+        except OSError:
+            self._process = None
+
+    def stop(self) -> float | None:
+        if self._process is None:
+            return None
+        self._process.terminate()
+        try:
+            out, _ = self._process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            out, _ = self._process.communicate()
+        self._process = None
+        samples = []
+        for line in out.splitlines():
+            # One line per GPU and sample; "[N/A]" or errors are skipped, not counted as idle.
+            for cell in line.split(","):
+                try:
+                    samples.append(float(cell.strip()))
+                except ValueError:
+                    continue
+        return round(sum(samples) / len(samples), 1) if samples else None
 
 
 def percentile_ms(latencies: list[float], q: float) -> float | None:
@@ -254,18 +359,29 @@ async def run_level(
                 for _ in range(concurrency)
             )
         )
+    gpu = GpuSampler()
     async with httpx.AsyncClient(timeout=timeout) as client:
-        before = batch_totals((await client.get(f"{base}/metrics")).text, model)
+        text = (await client.get(f"{base}/metrics")).text
+        before, stages_before = batch_totals(text, model), stage_totals(text, model)
         record: list[tuple[float, bool, float]] = []
         budget = [max_requests]
+        gpu.start()
         started = time.perf_counter()
         deadline = started + duration
-        await asyncio.gather(
-            *(_worker(base, requests, picker, deadline, budget, record, timeout) for _ in range(concurrency))
-        )
-        elapsed = time.perf_counter() - started
-        after = batch_totals((await client.get(f"{base}/metrics")).text, model)
+        try:
+            await asyncio.gather(
+                *(
+                    _worker(base, requests, picker, deadline, budget, record, timeout)
+                    for _ in range(concurrency)
+                )
+            )
+        finally:
+            elapsed = time.perf_counter() - started
+            utilization = gpu.stop()
+        text = (await client.get(f"{base}/metrics")).text
+        after, stages_after = batch_totals(text, model), stage_totals(text, model)
     latencies = [lat for lat, ok, _ in record if ok]
+    mean_latency = sum(latencies) / len(latencies) if latencies else None
     audio_seconds = sum(sec for _, ok, sec in record if ok)
     batches = after[1] - before[1]
     return LevelResult(
@@ -280,6 +396,8 @@ async def run_level(
         latency_ms_p95=percentile_ms(latencies, 95),
         latency_ms_p99=percentile_ms(latencies, 99),
         mean_batch_size=round((after[0] - before[0]) / batches, 2) if batches else None,
+        split_ms=time_split_ms(stages_before, stages_after, mean_latency),
+        gpu_utilization_pct=utilization,
     )
 
 
@@ -294,6 +412,18 @@ def format_row(r: LevelResult) -> str:
     latency = " ".join(f"{c:>8.1f}" if c is not None else f"{'-':>8}" for c in cells)
     batch = f"{r.mean_batch_size:>6.1f}" if r.mean_batch_size is not None else f"{'-':>6}"
     return f"{r.concurrency:>5} {r.requests_per_s:>9.1f} {r.audio_seconds_per_s:>10.1f} {latency} {r.errors:>7} {batch}"
+
+
+SPLIT_STAGES = ("decode", "queue", "h2d", "compute", "d2h", "other")
+SPLIT_HEADER = f"{'conc':>5} " + " ".join(f"{stage + ' ms':>10}" for stage in SPLIT_STAGES) + f" {'GPU %':>6}"
+
+
+def format_split_row(r: LevelResult) -> str:
+    split = r.split_ms or {}
+    cells = [split.get(stage) for stage in SPLIT_STAGES]
+    text = " ".join(f"{c:>10.2f}" if c is not None else f"{'-':>10}" for c in cells)
+    gpu = f"{r.gpu_utilization_pct:>6.1f}" if r.gpu_utilization_pct is not None else f"{'-':>6}"
+    return f"{r.concurrency:>5} {text} {gpu}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -340,6 +470,14 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         print(format_row(results[-1]), flush=True)
+    print(
+        "\nwhere a request's time went (mean ms; decode per file, queue per request, h2d/compute/d2h "
+        "per batch, other = latency - the rest: HTTP, parsing, thread hops; '-' = not observed)",
+        flush=True,
+    )
+    print(SPLIT_HEADER, flush=True)
+    for r in results:
+        print(format_split_row(r), flush=True)
     if args.json is not None:
         document: dict[str, Any] = {
             "url": base,

@@ -2,7 +2,9 @@
 
 Queue and compute are measured separately (as Triton does): queue depth and batch size tell whether
 the batcher is coalescing; queue wait is how long a request's first window waited for a batch;
-inference latency is the model alone; request latency is what clients see. Rejections are counted
+inference latency is the model alone (split into host->device / compute / device->host where I/O is
+bound to a CUDA device); decode time is the worker's time per file; request latency is what clients
+see, so latency minus decode, queue and compute is HTTP, parsing and hops between threads. Rejections are counted
 by reason (``lumen_rejected_requests_total{reason}``: body_size, parts, paths, datasets, budget,
 too_large, queue, concurrency; ``lumen_rejected_files_total{reason}``: format, limit, invalid,
 budget), and the standard process collectors export RSS and CPU seconds.
@@ -104,6 +106,21 @@ class ServerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.decode_time = Histogram(
+            "lumen_decode_seconds",
+            "Per file: decode + resample + windowing in a decode worker (waiting for the worker excluded)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_phase_time = Histogram(
+            "lumen_batch_phase_seconds",
+            "Per batch where ORT's I/O is bound to the device (CUDA): host->device copy (h2d), "
+            "compute, device->host copy (d2h); the CPU EP reads its input in place and reports none",
+            ["model", "phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "lumen_requests_in_flight", "Expensive requests being served now", registry=self.registry
         )
@@ -127,6 +144,14 @@ class ServerMetrics:
 
     def scheduler_restart(self, model: str) -> None:
         self.scheduler_restarts.labels(model).inc()
+
+    def batch_phases(self, model: str, phases: dict[str, float]) -> None:
+        """h2d / compute / d2h of one batch (called from the instance's worker thread)."""
+        for phase, seconds in phases.items():
+            self.batch_phase_time.labels(model, phase).observe(seconds)
+
+    def file_decoded(self, model: str, seconds: float) -> None:
+        self.decode_time.labels(model).observe(seconds)
 
     def reject(self, reason: str) -> None:
         self.rejected_requests.labels(reason).inc()

@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -118,6 +119,15 @@ def decode_windows(source: AudioInput, key: str, meta: ArtifactMetadata, limits:
     return split_windows(audio, meta.window_samples, meta.hop_samples)
 
 
+def timed_decode_windows(
+    source: AudioInput, key: str, meta: ArtifactMetadata, limits: DecodeLimits
+) -> tuple[Windows, float]:
+    """:func:`decode_windows` and the seconds it took in the worker (for ``lumen_decode_seconds``)."""
+    started = time.perf_counter()
+    windows = decode_windows(source, key, meta, limits)
+    return windows, time.perf_counter() - started
+
+
 class Pipeline:
     def __init__(
         self,
@@ -192,9 +202,10 @@ class Pipeline:
             meta = loaded.model.metadata
             async with gate:
                 try:
-                    windows = await asyncio.get_running_loop().run_in_executor(
-                        self.decode_pool, decode_windows, job.source, job.key, meta, self.limits
+                    windows, seconds = await asyncio.get_running_loop().run_in_executor(
+                        self.decode_pool, timed_decode_windows, job.source, job.key, meta, self.limits
                     )
+                    self.metrics.file_decoded(loaded.id, seconds)
                 except (AudioError, OSError) as exc:
                     reservation.give_back(item.windows)
                     return self._file_error(loaded, job, exc)

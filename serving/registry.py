@@ -25,8 +25,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from serving.batcher import Batcher, BatchObserver
+import numpy as np
+
+from serving.batcher import Batcher, BatchObserver, RunFn
 from serving.runtime import OnnxModel, fp16_sibling
 from serving.settings import Settings
 
@@ -148,6 +151,29 @@ def scan_model_dir(model_dir: Path) -> dict[str, Path]:
     return found
 
 
+@runtime_checkable
+class PhaseObserver(Protocol):
+    """An observer that also records each batch's h2d / compute / d2h split (ServerMetrics does)."""
+
+    def batch_phases(self, model: str, phases: dict[str, float]) -> None: ...
+
+
+def _reporting_phases(
+    run: RunFn, model: OnnxModel, instance: int, name: str, observer: PhaseObserver
+) -> RunFn:
+    """``run`` that hands the instance's h2d / compute / d2h split to ``observer`` after each batch
+    (in the same worker thread, so the split read is this batch's; nothing where ORT reports none)."""
+
+    def run_and_report(windows: np.ndarray) -> np.ndarray:
+        probs = run(windows)
+        phases = model.last_phases(instance)
+        if phases:
+            observer.batch_phases(name, phases)
+        return probs
+
+    return run_and_report
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings, observer: BatchObserver | None = None) -> None:
         self.settings = settings
@@ -265,8 +291,13 @@ class ModelRegistry:
 
     async def _load(self, entry: ModelEntry) -> LoadedModel:
         model = await asyncio.to_thread(self._load_blocking, entry.path)
+        runners = model.runners
+        if isinstance(self.observer, PhaseObserver):
+            runners = [
+                _reporting_phases(run, model, i, entry.id, self.observer) for i, run in enumerate(runners)
+            ]
         batcher = Batcher(
-            model.runners,
+            runners,
             name=entry.id,
             max_batch_size=self.settings.max_batch_size,
             max_delay_s=self.settings.max_batch_delay_s,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,59 @@ def test_batch_totals_read_the_servers_histogram() -> None:
     assert bench_server.batch_totals(metrics.render().decode(), MODEL) == (24.0, 3.0)
 
 
+def test_stage_totals_and_the_time_split_per_request() -> None:
+    metrics = ServerMetrics()
+    before = bench_server.stage_totals(metrics.render().decode(), MODEL)
+    assert all(count == 0 for _, count in before.values())
+    for seconds in (0.002, 0.004):  # two files decoded
+        metrics.file_decoded(MODEL, seconds)
+    metrics.queue_wait(MODEL, 0.001)
+    metrics.queue_wait(MODEL, 0.003)
+    metrics.batch_done(MODEL, 10, 0.005)
+    metrics.batch_phases(MODEL, {"h2d": 0.0005, "compute": 0.005, "d2h": 0.0002})
+    metrics.file_decoded("other.onnx", 9.0)  # another model's stages are not counted
+    after = bench_server.stage_totals(metrics.render().decode(), MODEL)
+    assert after["decode"] == pytest.approx((0.006, 2.0)) and after["queue"] == pytest.approx((0.004, 2.0))
+    assert after["h2d"] == pytest.approx((0.0005, 1.0)) and after["d2h"] == pytest.approx((0.0002, 1.0))
+    split = bench_server.time_split_ms(before, after, mean_latency_s=0.0150)
+    assert split == pytest.approx(
+        {"decode": 3.0, "queue": 2.0, "h2d": 0.5, "compute": 5.0, "d2h": 0.2, "other": 15.0 - 10.7}
+    )
+    assert bench_server.time_split_ms(before, before, None) == dict.fromkeys(
+        [*bench_server.STAGE_METRICS, "other"]
+    )
+
+
+def _fake_nvidia_smi(folder: Path, lines: str) -> None:
+    folder.mkdir(exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\nprintf '{lines}'\nexec sleep 30\n")
+    script.chmod(0o755)
+
+
+def test_gpu_utilisation_is_the_mean_of_nvidia_smi_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_nvidia_smi(tmp_path / "bin", "30\\n[N/A]\\n50\\n40\\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    sampler = bench_server.GpuSampler()
+    sampler.start()
+    time.sleep(0.3)
+    assert sampler.stop() == 40.0  # "[N/A]" skipped, not read as idle
+
+
+def test_no_nvidia_smi_means_no_gpu_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    sampler = bench_server.GpuSampler()
+    sampler.start()
+    assert sampler.stop() is None
+    _fake_nvidia_smi(tmp_path / "bin", "")  # a GPU tool that prints nothing: still no number
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    sampler = bench_server.GpuSampler()
+    sampler.start()
+    assert sampler.stop() is None
+
+
 def test_bench_rejects_a_remote_url_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     audio = kit.write_tones(tmp_path / "a.wav", [1])
     code = bench.main(["server", "http://example.com", "--model", MODEL, "--audio", str(audio)])
@@ -79,8 +133,16 @@ def test_a_short_run_reports_every_level(
         assert level["audio_seconds_per_s"] == pytest.approx(level["requests_per_s"] * 0.6, rel=0.05)
         assert level["latency_ms_p50"] <= level["latency_ms_p90"] <= level["latency_ms_p99"]
         assert level["mean_batch_size"] >= 5  # every file is 5 windows
+        split = level["split_ms"]
+        assert split["decode"] > 0 and split["queue"] >= 0 and split["compute"] > 0
+        assert split["h2d"] is None and split["d2h"] is None  # CPU EP: ORT copies nothing separately
+        # The stages are parts of the client's latency, so the rest ("other") cannot be negative.
+        mean_ms = split["decode"] + split["queue"] + split["compute"] + split["other"]
+        assert split["other"] > 0 and mean_ms <= level["latency_ms_p99"]
+        assert level["gpu_utilization_pct"] is None  # no nvidia-smi here
     table = capsys.readouterr().out
     assert "req/s" in table and "p99 ms" in table
+    assert "decode ms" in table and "other ms" in table and "GPU %" in table
 
 
 def test_an_unknown_model_counts_as_errors(server: kit.LiveServer) -> None:

@@ -341,6 +341,27 @@ def test_bound_io_reports_the_h2d_compute_d2h_split_and_lumen_bench_prints_it(
     assert set(document["phases_ms"]["3"]) == {"h2d", "compute", "d2h"}
 
 
+def test_the_registry_exports_each_batchs_h2d_compute_d2h_split_as_metrics(
+    tmp_path: Path,
+    fake_cuda,  # noqa: ANN001
+) -> None:
+    from serving.bench_server import stage_totals
+    from serving.metrics import ServerMetrics
+    from serving.registry import PhaseObserver, _reporting_phases
+
+    metrics = ServerMetrics()
+    assert isinstance(metrics, PhaseObserver)
+    path = kit.build_model(tmp_path / "tone.onnx")
+    for device, batches in (("cuda", 2), ("cpu", 0)):
+        model = OnnxModel(path, device=device, max_batch_size=4)
+        run = _reporting_phases(model.runners[0], model, 0, device, metrics)
+        for n in (3, 2):
+            np.testing.assert_allclose(run(_windows(n)), kit.reference_probs(_windows(n)), atol=1e-5)
+        totals = stage_totals(metrics.render().decode(), device)
+        assert totals["h2d"][1] == totals["d2h"][1] == batches  # the CPU EP reports no copies
+        assert totals["h2d"][0] >= 0 and totals["d2h"][0] >= 0
+
+
 def test_the_registry_lists_an_fp16_sibling_under_its_fp32_model_only(tmp_path: Path) -> None:
     from serving.registry import _stamp, scan_model_dir
 
