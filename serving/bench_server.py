@@ -4,7 +4,8 @@ For each concurrency level, that many clients send one file per request back to 
 ``--duration`` seconds (after a short warm-up that is not counted). Reported per level: requests/s,
 audio-seconds/s, latency percentiles, errors, and the mean batch size the server formed during the
 level, read from its ``/metrics`` (``lumen_batch_size`` sum/count deltas), and where each request's
-time went, in Triton's vocabulary: decode (per file, in a decode worker), queue (until its first
+time went, in Triton's vocabulary: decode_wait and decode (per file: waiting for a decode worker,
+then decoding in it), queue (until its first
 batch), compute (per batch; on CUDA with bound I/O also host->device and device->host copies) and
 "other" (mean latency minus those: HTTP, body parsing, hops between threads). With ``nvidia-smi`` on
 the host the GPU's mean utilisation during the level is reported too. Only loopback URLs are
@@ -135,6 +136,7 @@ def batch_totals(metrics_text: str, model: str) -> tuple[float, float]:
 
 
 STAGE_METRICS = {  # stage -> (histogram, extra labels)
+    "decode_wait": ("lumen_decode_wait_seconds", {}),
     "decode": ("lumen_decode_seconds", {}),
     "queue": ("lumen_queue_wait_seconds", {}),
     "h2d": ("lumen_batch_phase_seconds", {"phase": "h2d"}),
@@ -171,7 +173,8 @@ def time_split_ms(
     """Mean milliseconds per stage over one level (None where the server observed none), plus
     ``other``: the mean client latency not spent in any stage (HTTP, parsing, thread hops).
 
-    decode is per file and queue per request; compute, h2d and d2h are per batch, which is what each
+    decode_wait (for a decode worker) and decode are per file, queue (for the first batch) per request;
+    compute, h2d and d2h are per batch, which is what each
     request of a batch waits for, so the stages add up to one request's path through the server.
     """
     split: dict[str, float | None] = {}
@@ -414,14 +417,14 @@ def format_row(r: LevelResult) -> str:
     return f"{r.concurrency:>5} {r.requests_per_s:>9.1f} {r.audio_seconds_per_s:>10.1f} {latency} {r.errors:>7} {batch}"
 
 
-SPLIT_STAGES = ("decode", "queue", "h2d", "compute", "d2h", "other")
-SPLIT_HEADER = f"{'conc':>5} " + " ".join(f"{stage + ' ms':>10}" for stage in SPLIT_STAGES) + f" {'GPU %':>6}"
+SPLIT_STAGES = ("decode_wait", "decode", "queue", "h2d", "compute", "d2h", "other")
+SPLIT_HEADER = f"{'conc':>5} " + " ".join(f"{stage + ' ms':>14}" for stage in SPLIT_STAGES) + f" {'GPU %':>6}"
 
 
 def format_split_row(r: LevelResult) -> str:
     split = r.split_ms or {}
     cells = [split.get(stage) for stage in SPLIT_STAGES]
-    text = " ".join(f"{c:>10.2f}" if c is not None else f"{'-':>10}" for c in cells)
+    text = " ".join(f"{c:>14.2f}" if c is not None else f"{'-':>14}" for c in cells)
     gpu = f"{r.gpu_utilization_pct:>6.1f}" if r.gpu_utilization_pct is not None else f"{'-':>6}"
     return f"{r.concurrency:>5} {text} {gpu}"
 
@@ -471,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_row(results[-1]), flush=True)
     print(
-        "\nwhere a request's time went (mean ms; decode per file, queue per request, h2d/compute/d2h "
+        "\nwhere a request's time went (mean ms; decode_wait/decode per file, queue per request, h2d/compute/d2h "
         "per batch, other = latency - the rest: HTTP, parsing, thread hops; '-' = not observed)",
         flush=True,
     )

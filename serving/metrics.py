@@ -113,6 +113,13 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.decode_wait_time = Histogram(
+            "lumen_decode_wait_seconds",
+            "Per file: time waiting for a decode slot and worker before its decode started",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.batch_phase_time = Histogram(
             "lumen_batch_phase_seconds",
             "Per batch where ORT's I/O is bound to the device (CUDA): host->device copy (h2d), "
@@ -150,7 +157,8 @@ class ServerMetrics:
         for phase, seconds in phases.items():
             self.batch_phase_time.labels(model, phase).observe(seconds)
 
-    def file_decoded(self, model: str, seconds: float) -> None:
+    def file_decoded(self, model: str, waited: float, seconds: float) -> None:
+        self.decode_wait_time.labels(model).observe(max(0.0, waited))
         self.decode_time.labels(model).observe(seconds)
 
     def reject(self, reason: str) -> None:

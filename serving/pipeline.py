@@ -121,11 +121,12 @@ def decode_windows(source: AudioInput, key: str, meta: ArtifactMetadata, limits:
 
 def timed_decode_windows(
     source: AudioInput, key: str, meta: ArtifactMetadata, limits: DecodeLimits
-) -> tuple[Windows, float]:
-    """:func:`decode_windows` and the seconds it took in the worker (for ``lumen_decode_seconds``)."""
+) -> tuple[Windows, float, float]:
+    """:func:`decode_windows`, when the worker started it (``time.perf_counter``) and the seconds it
+    took there: the wait for a worker and the decode itself are reported apart."""
     started = time.perf_counter()
     windows = decode_windows(source, key, meta, limits)
-    return windows, time.perf_counter() - started
+    return windows, started, time.perf_counter() - started
 
 
 class Pipeline:
@@ -200,12 +201,13 @@ class Pipeline:
         with producer:  # withdrawn as soon as this file is done, whatever the outcome
             job = item.job
             meta = loaded.model.metadata
+            asked = time.perf_counter()
             async with gate:
                 try:
-                    windows, seconds = await asyncio.get_running_loop().run_in_executor(
+                    windows, started, seconds = await asyncio.get_running_loop().run_in_executor(
                         self.decode_pool, timed_decode_windows, job.source, job.key, meta, self.limits
                     )
-                    self.metrics.file_decoded(loaded.id, seconds)
+                    self.metrics.file_decoded(loaded.id, waited=started - asked, seconds=seconds)
                 except (AudioError, OSError) as exc:
                     reservation.give_back(item.windows)
                     return self._file_error(loaded, job, exc)

@@ -48,19 +48,27 @@ def test_stage_totals_and_the_time_split_per_request() -> None:
     metrics = ServerMetrics()
     before = bench_server.stage_totals(metrics.render().decode(), MODEL)
     assert all(count == 0 for _, count in before.values())
-    for seconds in (0.002, 0.004):  # two files decoded
-        metrics.file_decoded(MODEL, seconds)
+    for waited, seconds in ((0.001, 0.002), (0.0, 0.004)):  # two files decoded
+        metrics.file_decoded(MODEL, waited, seconds)
     metrics.queue_wait(MODEL, 0.001)
     metrics.queue_wait(MODEL, 0.003)
     metrics.batch_done(MODEL, 10, 0.005)
     metrics.batch_phases(MODEL, {"h2d": 0.0005, "compute": 0.005, "d2h": 0.0002})
-    metrics.file_decoded("other.onnx", 9.0)  # another model's stages are not counted
+    metrics.file_decoded("other.onnx", 9.0, 9.0)  # another model's stages are not counted
     after = bench_server.stage_totals(metrics.render().decode(), MODEL)
     assert after["decode"] == pytest.approx((0.006, 2.0)) and after["queue"] == pytest.approx((0.004, 2.0))
     assert after["h2d"] == pytest.approx((0.0005, 1.0)) and after["d2h"] == pytest.approx((0.0002, 1.0))
     split = bench_server.time_split_ms(before, after, mean_latency_s=0.0150)
     assert split == pytest.approx(
-        {"decode": 3.0, "queue": 2.0, "h2d": 0.5, "compute": 5.0, "d2h": 0.2, "other": 15.0 - 10.7}
+        {
+            "decode_wait": 0.5,
+            "decode": 3.0,
+            "queue": 2.0,
+            "h2d": 0.5,
+            "compute": 5.0,
+            "d2h": 0.2,
+            "other": 15.0 - 11.2,
+        }
     )
     assert bench_server.time_split_ms(before, before, None) == dict.fromkeys(
         [*bench_server.STAGE_METRICS, "other"]
@@ -134,10 +142,12 @@ def test_a_short_run_reports_every_level(
         assert level["latency_ms_p50"] <= level["latency_ms_p90"] <= level["latency_ms_p99"]
         assert level["mean_batch_size"] >= 5  # every file is 5 windows
         split = level["split_ms"]
-        assert split["decode"] > 0 and split["queue"] >= 0 and split["compute"] > 0
+        assert (
+            split["decode"] > 0 and split["decode_wait"] >= 0 and split["queue"] >= 0 and split["compute"] > 0
+        )
         assert split["h2d"] is None and split["d2h"] is None  # CPU EP: ORT copies nothing separately
         # The stages are parts of the client's latency, so the rest ("other") cannot be negative.
-        mean_ms = split["decode"] + split["queue"] + split["compute"] + split["other"]
+        mean_ms = split["decode_wait"] + split["decode"] + split["queue"] + split["compute"] + split["other"]
         assert split["other"] > 0 and mean_ms <= level["latency_ms_p99"]
         assert level["gpu_utilization_pct"] is None  # no nvidia-smi here
     table = capsys.readouterr().out
@@ -160,3 +170,52 @@ def test_raw_upload_requests_carry_the_file_as_the_whole_body() -> None:
     assert f"Content-Length: {len(audio.data)}".encode() in head
     multipart = bench_server.predict_request("http://localhost:8090", "m.onnx", audio)
     assert b"multipart/form-data" in multipart and audio.data in multipart
+
+
+HEY_REPORT = """
+Summary:
+  Total:	8.0031 secs
+  Requests/sec:	405.8637
+
+Response time histogram:
+Latency distribution:
+  10%% in 0.0301 secs
+  50%% in 0.0393 secs
+  90%% in 0.0482 secs
+  99%% in 0.0611 secs
+
+Details (average, fastest, slowest):
+  Average:	0.0394 secs
+
+Status code distribution:
+  [200]	3240 responses
+  [503]	7 responses
+"""
+
+
+def test_the_hey_driver_reads_heys_report_and_builds_the_same_request(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_server_split", Path(__file__).parents[1] / "benchmarks" / "bench_server_split.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parsed = module.parse_hey(HEY_REPORT)
+    assert parsed == pytest.approx(
+        {
+            "requests_per_s": 405.8637,
+            "mean_ms": 39.4,
+            "p50_ms": 39.3,
+            "p90_ms": 48.2,
+            "p99_ms": 61.1,
+            "ok": 3240,
+            "failed": 7,
+        }
+    )
+    audio = kit.write_tones(tmp_path / "a.wav", [1])
+    url, content_type, body = module.request_parts("http://127.0.0.1:1", MODEL, audio, "raw")
+    assert url.startswith("http://127.0.0.1:1/model/predict?") and content_type == "application/octet-stream"
+    assert body == audio.read_bytes()
+    url, content_type, body = module.request_parts("http://127.0.0.1:1", MODEL, audio, "multipart")
+    assert content_type.startswith("multipart/form-data; boundary=") and audio.read_bytes() in body
