@@ -74,23 +74,26 @@ def run_level(
     base: str, model: str, url: str, content_type: str, body: Path, concurrency: int, duration: float
 ) -> dict:
     metrics_url = f"{base}/metrics"
-    subprocess.run(["hey", "-z", "2s", "-c", str(concurrency), "-m", "POST", "-T", content_type, "-D", str(body), url],
-                   check=True, capture_output=True)  # warm-up, not counted  # fmt: skip
+
+    def hey(seconds: float) -> str:
+        command = ["hey", "-z", f"{seconds:g}s", "-c", str(concurrency), "-m", "POST", "-T", content_type]
+        return subprocess.run(
+            [*command, "-D", str(body), url], check=True, capture_output=True, text=True
+        ).stdout
+
+    hey(2)  # warm-up, not counted
     before = httpx.get(metrics_url, timeout=10).text
-    report = subprocess.run(
-        ["hey", "-z", f"{duration}s", "-c", str(concurrency), "-m", "POST", "-T", content_type, "-D", str(body), url],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    report = hey(duration)
     after = httpx.get(metrics_url, timeout=10).text
-    hey = parse_hey(report)
+    result = parse_hey(report)
     split = time_split_ms(
-        stage_totals(before, model), stage_totals(after, model), hey.get("mean_ms", 0.0) / 1000.0
+        stage_totals(before, model), stage_totals(after, model), result.get("mean_ms", 0.0) / 1000.0
     )
     cpu = process_cpu_seconds(after) - process_cpu_seconds(before)
     return {
         "concurrency": concurrency,
-        **{k: round(v, 3) for k, v in hey.items()},
-        "server_cpu_ms_per_request": round(1000.0 * cpu / hey["ok"], 3) if hey.get("ok") else None,
+        **{k: round(v, 3) for k, v in result.items()},
+        "server_cpu_ms_per_request": round(1000.0 * cpu / result["ok"], 3) if result.get("ok") else None,
         "split_ms": split,
     }
 

@@ -119,20 +119,32 @@ def load_audio_files(path: Path) -> list[AudioFile]:
     return files
 
 
+def _families(metrics_text: str) -> dict[str, Any]:
+    """The server's ``/metrics`` text parsed once, by metric family name."""
+    return {family.name: family for family in text_string_to_metric_families(metrics_text)}
+
+
+def _histogram_totals(
+    families: dict[str, Any], name: str, model: str, labels: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """``(sum, count)`` of histogram ``name`` for ``model`` (and ``labels``, where given)."""
+    total = count = 0.0
+    family = families.get(name)
+    for sample in family.samples if family is not None else ():
+        if sample.labels.get("model") != model or any(
+            sample.labels.get(k) != v for k, v in (labels or {}).items()
+        ):
+            continue
+        if sample.name == f"{name}_sum":
+            total += sample.value
+        elif sample.name == f"{name}_count":
+            count += sample.value
+    return total, count
+
+
 def batch_totals(metrics_text: str, model: str) -> tuple[float, float]:
     """``(sum, count)`` of the server's batch-size histogram for ``model``."""
-    total = count = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != BATCH_METRIC:
-            continue
-        for sample in family.samples:
-            if sample.labels.get("model") != model:
-                continue
-            if sample.name == f"{BATCH_METRIC}_sum":
-                total = sample.value
-            elif sample.name == f"{BATCH_METRIC}_count":
-                count = sample.value
-    return total, count
+    return _histogram_totals(_families(metrics_text), BATCH_METRIC, model)
 
 
 STAGE_METRICS = {  # stage -> (histogram, extra labels)
@@ -147,22 +159,14 @@ STAGE_METRICS = {  # stage -> (histogram, extra labels)
 
 def stage_totals(metrics_text: str, model: str) -> dict[str, tuple[float, float]]:
     """``stage -> (sum seconds, count)`` of the server's per-stage histograms for ``model``."""
-    totals: dict[str, list[float]] = {stage: [0.0, 0.0] for stage in STAGE_METRICS}
-    families = {family.name: family for family in text_string_to_metric_families(metrics_text)}
-    for stage, (name, labels) in STAGE_METRICS.items():
-        family = families.get(name)
-        if family is None:
-            continue
-        for sample in family.samples:
-            if sample.labels.get("model") != model or any(
-                sample.labels.get(k) != v for k, v in labels.items()
-            ):
-                continue
-            if sample.name == f"{name}_sum":
-                totals[stage][0] += sample.value
-            elif sample.name == f"{name}_count":
-                totals[stage][1] += sample.value
-    return {stage: (total, count) for stage, (total, count) in totals.items()}
+    return _stage_totals(_families(metrics_text), model)
+
+
+def _stage_totals(families: dict[str, Any], model: str) -> dict[str, tuple[float, float]]:
+    return {
+        stage: _histogram_totals(families, name, model, labels)
+        for stage, (name, labels) in STAGE_METRICS.items()
+    }
 
 
 def time_split_ms(
@@ -364,8 +368,9 @@ async def run_level(
         )
     gpu = GpuSampler()
     async with httpx.AsyncClient(timeout=timeout) as client:
-        text = (await client.get(f"{base}/metrics")).text
-        before, stages_before = batch_totals(text, model), stage_totals(text, model)
+        families = _families((await client.get(f"{base}/metrics")).text)
+        before = _histogram_totals(families, BATCH_METRIC, model)
+        stages_before = _stage_totals(families, model)
         record: list[tuple[float, bool, float]] = []
         budget = [max_requests]
         gpu.start()
@@ -381,8 +386,9 @@ async def run_level(
         finally:
             elapsed = time.perf_counter() - started
             utilization = gpu.stop()
-        text = (await client.get(f"{base}/metrics")).text
-        after, stages_after = batch_totals(text, model), stage_totals(text, model)
+        families = _families((await client.get(f"{base}/metrics")).text)
+        after = _histogram_totals(families, BATCH_METRIC, model)
+        stages_after = _stage_totals(families, model)
     latencies = [lat for lat, ok, _ in record if ok]
     mean_latency = sum(latencies) / len(latencies) if latencies else None
     audio_seconds = sum(sec for _, ok, sec in record if ok)
