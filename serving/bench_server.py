@@ -163,10 +163,16 @@ def stage_totals(metrics_text: str, model: str) -> dict[str, tuple[float, float]
 
 
 def _stage_totals(families: dict[str, Any], model: str) -> dict[str, tuple[float, float]]:
-    return {
+    totals = {
         stage: _histogram_totals(families, name, model, labels)
         for stage, (name, labels) in STAGE_METRICS.items()
     }
+    # Where I/O is bound to the device, the batch's inference latency spans h2d + compute + d2h:
+    # the split then takes compute from the phase histogram, so the copies are not counted twice.
+    phase_compute = _histogram_totals(families, "lumen_batch_phase_seconds", model, {"phase": "compute"})
+    if phase_compute[1] > 0:
+        totals["compute"] = phase_compute
+    return totals
 
 
 def time_split_ms(

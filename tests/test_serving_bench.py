@@ -70,6 +70,14 @@ def test_stage_totals_and_the_time_split_per_request() -> None:
             "other": 15.0 - 11.2,
         }
     )
+    # On CUDA a batch's inference latency spans its copies: compute comes from the phase histogram.
+    cuda = ServerMetrics()
+    cuda.batch_done(MODEL, 10, 0.006)
+    cuda.batch_phases(MODEL, {"h2d": 0.001, "compute": 0.004, "d2h": 0.001})
+    cuda_split = bench_server.time_split_ms(
+        before, bench_server.stage_totals(cuda.render().decode(), MODEL), 0.010
+    )
+    assert cuda_split["compute"] == pytest.approx(4.0) and cuda_split["other"] == pytest.approx(4.0)
     assert bench_server.time_split_ms(before, before, None) == dict.fromkeys(
         [*bench_server.STAGE_METRICS, "other"]
     )
