@@ -65,8 +65,9 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_decode.py
 
 # Rebuild models/demo/lumen-demo.onnx from scratch with the project's own tools (see models/demo/MODEL_CARD.md).
-# Training data: three GM soundfonts only, half rendered with sound-source variation (rooms, microphones,
-# noise, dynamics, bends; 35 % of its solo tracks isolated sample-library notes), half dry. Validation: mixes plus
+# Training data: three GM soundfonts only, two thirds rendered with sound-source variation (rooms, microphones,
+# noise, dynamics, bends; 35 % of their solo tracks isolated sample-library notes), a third dry; every clip
+# re-equalised at random while training (SEVEN_BAND_EQ). Validation: mixes plus
 # isolated notes. Evaluation: a GM soundfont training never used (sf_GMbank) and the
 # recorded samples of benchmarks/real_samples.sh.
 DEMO_DATA ?= data/demo-synth
@@ -83,16 +84,17 @@ demo-model: setup
 	@for sf in $(DEMO_SOUNDFONTS) $(DEMO_HELDOUT_SOUNDFONT); do [ -f $$sf ] || { echo "missing $$sf: apt-get install -y $(DEMO_APT)"; exit 1; }; done
 	rm -rf $(DEMO_DATA) $(DEMO_RUNS)
 	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 0.35 --out $(DEMO_DATA)/train-varied --layout irmastrain --per-class 300 --seed 0
+	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 0.35 --out $(DEMO_DATA)/train-varied-b --layout irmastrain --per-class 300 --seed 7
 	$(DEMO_TRAIN_SYNTH) --variation dry --out $(DEMO_DATA)/train-dry --layout irmastrain --per-class 300 --seed 5
 	$(DEMO_TRAIN_SYNTH) --variation varied --out $(DEMO_DATA)/val --layout irmastest --per-class 40 --seed 1 --min-seconds 5 --max-seconds 10
 	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 1 --out $(DEMO_DATA)/val-isolated --layout irmastrain --per-class 10 --seed 6
 	$(DEMO_SYNTH) --soundfont $(DEMO_HELDOUT_SOUNDFONT) --variation varied --out $(DEMO_DATA)/heldout-soundfont \
 		--layout irmastest --per-class 30 --seed 3 --min-seconds 5 --max-seconds 10
 	bash benchmarks/real_samples.sh $(DEMO_DATA)/real
-	$(VENV)/bin/lumen-train --train-paths irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-dry \
+	$(VENV)/bin/lumen-train --train-paths irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-varied-b irmastrain:$(DEMO_DATA)/train-dry \
 		--val-paths irmastest:$(DEMO_DATA)/val irmastrain:$(DEMO_DATA)/val-isolated --model SMALL_CNN --audio-transform MEL_SPECTROGRAM --n-mels 64 \
-		--window-seconds 3.0 --hop-seconds 1.5 --augmentations SUM_N_SAMPLES COLOR_NOISE TIME_MASK FREQ_MASK \
-		--aug-kwargs sum_n_samples_p=0.7 sum_n_samples_n=4 --epochs 30 --batch-size 32 --lr 1e-3 \
+		--window-seconds 3.0 --hop-seconds 1.5 --augmentations SUM_N_SAMPLES COLOR_NOISE TIME_MASK FREQ_MASK SEVEN_BAND_EQ \
+		--aug-kwargs sum_n_samples_p=0.7 sum_n_samples_n=4 --epochs 20 --batch-size 32 --lr 1e-3 \
 		--lr-onecycle-max 4e-3 --nofinetune-head --cache-audio --num-workers 2 --seed 0 --output-dir $(DEMO_RUNS)
 	$(VENV)/bin/lumen-export $(DEMO_RUNS)/*/checkpoints/best.ckpt --out models/demo/lumen-demo.onnx
 	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/heldout-soundfont --out-dir $(DEMO_RUNS)/heldout-soundfont
