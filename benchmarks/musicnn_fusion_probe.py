@@ -29,18 +29,10 @@ from common.datasets import scan_dataset
 from common.metrics import compute_metrics, tune_thresholds
 from training.config import FrontendConfig, ModelConfig, TrainConfig
 from training.models import build_model
+from training.musicnn import export_embedder
 
 SR, WIN, HOP = 16000, 48000, 24000
 VARIANTS = ("logits", "embedding", "both")
-
-
-class Embed(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.model.backbone.penultimate(self.model.frontend(waveform))
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -60,16 +52,7 @@ def musicnn_embedder(out_dir: Path) -> ort.InferenceSession:
             window_seconds=3.0,
             hop_seconds=1.5,
         )
-        model = build_model(config).eval()
-        torch.onnx.export(
-            Embed(model),
-            (torch.zeros(1, WIN),),
-            str(path),
-            input_names=["waveform"],
-            output_names=["emb"],
-            dynamic_axes={"waveform": {0: "b"}, "emb": {0: "b"}},
-            dynamo=False,
-        )
+        export_embedder(build_model(config), path, WIN)
     return session(path)
 
 

@@ -27,6 +27,7 @@ from common.metrics import compute_metrics, tune_thresholds
 from training.checkpoint import MODEL_PREFIX, build_hparams
 from training.config import FrontendConfig, ModelConfig, TrainConfig
 from training.models import build_model
+from training.musicnn import export_embedder
 
 SR, WIN, HOP = 16000, 48000, 24000
 out_dir = Path(sys.argv[1])
@@ -48,26 +49,9 @@ config = TrainConfig(
 model = build_model(config).eval()
 
 
-class Embed(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, waveform):
-        return self.m.backbone.penultimate(self.m.frontend(waveform))
-
-
 emb_path = out_dir / "embed.onnx"
 if not emb_path.exists():
-    torch.onnx.export(
-        Embed(model),
-        (torch.zeros(1, WIN),),
-        str(emb_path),
-        input_names=["waveform"],
-        output_names=["emb"],
-        dynamic_axes={"waveform": {0: "b"}, "emb": {0: "b"}},
-        dynamo=False,
-    )
+    export_embedder(model, emb_path, WIN)
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = 2
 session = ort.InferenceSession(str(emb_path), opts, providers=["CPUExecutionProvider"])

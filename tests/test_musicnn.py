@@ -147,3 +147,18 @@ def test_exports_to_onnx_without_stft_and_matches_torch(tmp_path) -> None:
     with torch.inference_mode():
         expected = torch.sigmoid(model(waveform)).numpy()
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-4)
+
+
+def test_embedder_exports_the_penultimate_layer_with_a_dynamic_batch(tmp_path) -> None:
+    config = musicnn_config()
+    model = build_model(config)  # left in train mode: the export must switch dropout and batch-norm off
+    path = musicnn.export_embedder(model, tmp_path / "embed.onnx", config.window_samples)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    waveform = tones(config.window_seconds, batch=3, seed=2)
+    emb = session.run(["emb"], {"waveform": waveform.numpy()})[0]
+    assert emb.shape == (3, musicnn.BACKEND_UNITS)
+    model.eval()
+    with torch.inference_mode():
+        expected = model.backbone.penultimate(model.frontend(waveform)).numpy()
+    np.testing.assert_allclose(emb, expected, rtol=0, atol=1e-4)
+    assert np.abs(emb[0] - emb[1]).max() > 1e-3  # different inputs, different embeddings

@@ -169,6 +169,37 @@ class MusicnnTagger(nn.Module):
         return self.tags(self.backbone.penultimate(features))
 
 
+class WaveformEmbedder(nn.Module):
+    """waveform ``[B, samples]`` -> the 200-d penultimate embedding ``[B, 200]`` of a MUSICNN ``LumenModel``
+    (its front-end and backbone; the lumen head is left out). For probes that cache embeddings."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.frontend = model.frontend
+        self.backbone = model.backbone
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        return self.backbone.penultimate(self.frontend(waveform))
+
+
+def export_embedder(model: nn.Module, path: str | Path, window_samples: int) -> Path:
+    """Write :class:`WaveformEmbedder` of ``model`` as ONNX (input ``waveform``, output ``emb``,
+    dynamic batch) to ``path``."""
+    path = Path(path)
+    embedder = WaveformEmbedder(model).eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            embedder,
+            (torch.zeros(1, window_samples),),
+            str(path),
+            input_names=["waveform"],
+            output_names=["emb"],
+            dynamic_axes={"waveform": {0: "batch"}, "emb": {0: "batch"}},
+            dynamo=False,
+        )
+    return path
+
+
 def load_tagger(path: str | Path = PRETRAINED_FILE) -> MusicnnTagger:
     """The 50-tag network with the converted MTT weights, in eval mode."""
     from safetensors.torch import load_file
