@@ -41,9 +41,8 @@ LOUD_DB = 10.0
 def combine(probs: np.ndarray, rms: np.ndarray, valid: np.ndarray, method: str) -> np.ndarray:
     if method in ("mean", "max"):
         return aggregate(probs, method, valid=valid)  # type: ignore[arg-type]
-    if method == "energy":
-        weights = valid.astype(np.float64) * np.maximum(rms, 1e-9)
-        return ((weights[:, None] * probs).sum(axis=0) / weights.sum()).astype(np.float32)
+    if method == "energy":  # the served weighted mean, with loudness in the weights
+        return aggregate(probs, "mean", valid=valid.astype(np.float64) * np.maximum(rms, 1e-9))
     if method == "loud":
         level = 20 * np.log10(np.maximum(rms, 1e-9))
         keep = level >= level.max() - LOUD_DB

@@ -6,7 +6,9 @@ GCompris ships its activities' media inside such bundles; ``real_samples.sh`` ta
 sounds out of one. With NAME arguments only the files with those base names are written (an error if
 one is missing). The format (Qt's ``rcc`` binary output, versions 1-3): a ``qres`` header with the
 offsets of a tree of fixed-size entries, a names table (UTF-16BE) and a data area of length-prefixed
-blobs, zlib-compressed when the entry's flag says so (zstd-compressed bundles are refused).
+blobs, zlib-compressed when the entry's flag says so (zstd-compressed bundles are refused). Hostile bundles
+get a ResourceError, not a hang or a memory blow-up: each entry is visited once, a directory cannot
+list more children than fit in the file, and an entry inflates to its declared size, at most 256 MB.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 COMPRESSED, DIRECTORY, COMPRESSED_ZSTD = 0x1, 0x2, 0x4
+MAX_ENTRY_BYTES = 256 * 1024 * 1024  # one inflated file; GCompris's largest is a few MB
 
 
 class ResourceError(ValueError):
@@ -47,17 +50,25 @@ def entries(blob: bytes) -> Iterator[tuple[PurePosixPath, bytes]]:
             raise ResourceError("truncated bundle: a name runs past the end")
         return blob[start : start + 2 * length].decode("utf-16-be")
 
-    stack: list[tuple[int, PurePosixPath, int]] = [(0, PurePosixPath("/"), 0)]
+    n_entries = (len(blob) - tree) // entry_size  # at most this many entries fit in the bundle
+    seen: set[int] = set()
+    stack: list[tuple[int, PurePosixPath]] = [(0, PurePosixPath("/"))]
     while stack:
-        index, parent, depth = stack.pop()
-        if depth > 64:
-            raise ResourceError("directory tree deeper than 64 levels (a cycle?)")
+        index, parent = stack.pop()
+        if index in seen:  # a tree names each entry once; a repeat is a cycle or a fan-out bomb
+            raise ResourceError(f"entry {index} is listed twice")
+        seen.add(index)
         at = tree + index * entry_size
         name_offset, flags = _read(blob, ">IH", at)
         path = parent if index == 0 else parent / name_at(name_offset)
         if flags & DIRECTORY:
             count, first = _read(blob, ">II", at + 6)
-            stack.extend((first + i, path, depth + 1) for i in reversed(range(count)))
+            if first + count > n_entries:
+                raise ResourceError(
+                    f"truncated bundle or bad tree: {path} lists {count} children from entry {first}, "
+                    "which run past the tree"
+                )
+            stack.extend((first + i, path) for i in reversed(range(count)))
             continue
         (data_offset,) = _read(blob, ">I", at + 10)
         (size,) = _read(blob, ">I", data + data_offset)
@@ -67,8 +78,20 @@ def entries(blob: bytes) -> Iterator[tuple[PurePosixPath, bytes]]:
         if flags & COMPRESSED_ZSTD:
             raise ResourceError(f"{path}: zstd-compressed entries are not supported")
         if flags & COMPRESSED:
-            body = zlib.decompress(body[4:])  # qCompress: u32 uncompressed size, then a zlib stream
+            body = _uncompress(path, body)
         yield path, body
+
+
+def _uncompress(path: PurePosixPath, body: bytes) -> bytes:
+    """qCompress format: u32 uncompressed size, then a zlib stream; inflated to that size and no more."""
+    (declared,) = _read(body, ">I", 0)
+    if declared > MAX_ENTRY_BYTES:
+        raise ResourceError(f"{path}: declares {declared} bytes uncompressed, over {MAX_ENTRY_BYTES}")
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(body[4:], declared)
+    if len(out) != declared or inflater.unconsumed_tail or not inflater.eof:
+        raise ResourceError(f"{path}: does not inflate to the {declared} bytes it declares")
+    return out
 
 
 def extract(bundle: Path, out_dir: Path, wanted: set[str] | None = None) -> list[Path]:
@@ -78,6 +101,8 @@ def extract(bundle: Path, out_dir: Path, wanted: set[str] | None = None) -> list
     for path, body in entries(bundle.read_bytes()):
         if wanted is not None and path.name not in wanted:
             continue
+        if path.name in ("", ".", ".."):
+            raise ResourceError(f"{path}: not a file name")
         target = out_dir / path.name  # flat: a bundle's own paths never leave out_dir
         target.write_bytes(body)
         written.append(target)

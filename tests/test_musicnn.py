@@ -153,6 +153,7 @@ def test_embedder_exports_the_penultimate_layer_with_a_dynamic_batch(tmp_path) -
     config = musicnn_config()
     model = build_model(config)  # left in train mode: the export must switch dropout and batch-norm off
     path = musicnn.export_embedder(model, tmp_path / "embed.onnx", config.window_samples)
+    assert model.training  # the caller's mode is restored
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     waveform = tones(config.window_seconds, batch=3, seed=2)
     emb = session.run(["emb"], {"waveform": waveform.numpy()})[0]

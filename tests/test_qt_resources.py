@@ -16,8 +16,11 @@ qt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(qt)
 
 
-def _bundle(files: dict[str, tuple[bytes, bool]], version: int = 3) -> bytes:
-    """A bundle with one directory 'res' holding ``files`` (name -> (contents, compress))."""
+def _bundle(
+    files: dict[str, tuple[bytes, bool]], version: int = 3, declared: dict[str, int] | None = None
+) -> bytes:
+    """A bundle with one directory 'res' holding ``files`` (name -> (contents, compress)); ``declared``
+    overrides the uncompressed size a compressed entry claims."""
     names = b""
     name_offsets: dict[str, int] = {}
     for name in ["res", *files]:
@@ -26,7 +29,8 @@ def _bundle(files: dict[str, tuple[bytes, bool]], version: int = 3) -> bytes:
     data = b""
     data_offsets: dict[str, int] = {}
     for name, (body, compress) in files.items():
-        stored = struct.pack(">I", len(body)) + zlib.compress(body) if compress else body
+        size = (declared or {}).get(name, len(body))
+        stored = struct.pack(">I", size) + zlib.compress(body) if compress else body
         data_offsets[name] = len(data)
         data += struct.pack(">I", len(stored)) + stored
     pad = b"\0" * 8 if version > 1 else b""  # last-modified timestamp
@@ -85,3 +89,34 @@ def test_cli_reports_errors_without_a_traceback(tmp_path: Path, capsys: pytest.C
     (tmp_path / "bad.rcc").write_bytes(b"nope")
     assert qt.main([str(tmp_path / "bad.rcc"), str(tmp_path / "out")]) == 1
     assert "qt_resources:" in capsys.readouterr().err
+
+
+def _root_only(count: int, first: int) -> bytes:
+    """A v3 bundle whose root directory lists ``count`` children from entry ``first``."""
+    root = struct.pack(">IHII", 0, qt.DIRECTORY, count, first) + b"\0" * 8
+    return b"qres" + struct.pack(">IIIII", 3, 24, 24 + len(root), 24 + len(root), 0) + root
+
+
+def test_a_directory_that_lists_itself_is_refused_not_walked_forever() -> None:
+    with pytest.raises(qt.ResourceError, match="listed twice"):
+        list(qt.entries(_root_only(1, 0)))
+
+
+def test_a_directory_cannot_claim_more_children_than_fit_in_the_file() -> None:
+    with pytest.raises(qt.ResourceError, match="run past the tree"):
+        list(qt.entries(_root_only(1_000_000_000, 1)))
+
+
+def test_a_compressed_entry_inflates_to_its_declared_size_and_no_further() -> None:
+    bomb = {"big.bin": (bytes(1_000_000), True)}
+    with pytest.raises(qt.ResourceError, match="does not inflate to the 100 bytes"):
+        list(qt.entries(_bundle(bomb, declared={"big.bin": 100})))
+    with pytest.raises(qt.ResourceError, match="over"):
+        list(qt.entries(_bundle(bomb, declared={"big.bin": qt.MAX_ENTRY_BYTES + 1})))
+
+
+def test_a_dot_dot_name_is_not_written(tmp_path: Path) -> None:
+    bundle = tmp_path / "b.rcc"
+    bundle.write_bytes(_bundle({"..": (b"x", False)}))
+    with pytest.raises(qt.ResourceError, match="not a file name"):
+        qt.extract(bundle, tmp_path / "out")

@@ -184,19 +184,23 @@ class WaveformEmbedder(nn.Module):
 
 def export_embedder(model: nn.Module, path: str | Path, window_samples: int) -> Path:
     """Write :class:`WaveformEmbedder` of ``model`` as ONNX (input ``waveform``, output ``emb``,
-    dynamic batch) to ``path``."""
+    dynamic batch) to ``path``, traced in eval mode; ``model``'s own mode is left as it was."""
     path = Path(path)
+    was_training = model.training
     embedder = WaveformEmbedder(model).eval()
-    with torch.no_grad():
-        torch.onnx.export(
-            embedder,
-            (torch.zeros(1, window_samples),),
-            str(path),
-            input_names=["waveform"],
-            output_names=["emb"],
-            dynamic_axes={"waveform": {0: "batch"}, "emb": {0: "batch"}},
-            dynamo=False,
-        )
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                embedder,
+                (torch.zeros(1, window_samples),),
+                str(path),
+                input_names=["waveform"],
+                output_names=["emb"],
+                dynamic_axes={"waveform": {0: "batch"}, "emb": {0: "batch"}},
+                dynamo=False,
+            )
+    finally:
+        model.train(was_training)
     return path
 
 
