@@ -12,6 +12,9 @@ Definitions (N files, L labels, predictions ``y_prob >= threshold``):
 - ``accuracy`` = mean per-label accuracy = ``1 - hamming_distance``; ``hamming_distance`` =
   ``sklearn.metrics.hamming_loss``; ``exact_match`` = subset accuracy (``accuracy_score``).
 - ``lrap`` = ``label_ranking_average_precision_score`` (a file with no or all labels scores 1).
+- ``top1`` = share of the files with at least one label whose highest-probability instrument is one
+  of them (ties go to the first instrument in label order; ``None`` when no file has a label) — "was
+  the instrument named first", threshold-free; on single-instrument recordings it is top-1 accuracy.
 - ``roc_auc`` per label is undefined (``None``) unless the label has both classes; ``roc_auc_macro`` is
   the mean over labels where it is defined. ``average_precision`` is undefined without positives;
   ``map`` is the mean over labels with at least one positive.
@@ -75,6 +78,7 @@ def compute_metrics(
         "recall_micro": float(_ratio(tp.sum(), tp.sum() + fn.sum())),
         "recall_macro": float(per_label_recall.mean()),
         "lrap": label_ranking_average_precision(truth, prob),
+        "top1": top1(truth, prob),
         "map": _mean_defined(ap),
         "roc_auc_macro": _mean_defined(auc),
         "n_files": int(n_files),
@@ -114,6 +118,15 @@ def average_precision(y_true: np.ndarray, score: np.ndarray) -> float | None:
     precision = tps / (last_of_value + 1)
     recall_gain = np.diff(np.r_[0, tps]) / n_pos
     return float((recall_gain * precision).sum())
+
+
+def top1(y_true: np.ndarray, score: np.ndarray) -> float | None:
+    """Share of labelled files whose top-scoring label is a true one (see the module docstring)."""
+    labelled = y_true.any(axis=1)
+    if not labelled.any():
+        return None
+    best = score[labelled].argmax(axis=1)
+    return float(y_true[labelled][np.arange(len(best)), best].mean())
 
 
 def label_ranking_average_precision(y_true: np.ndarray, score: np.ndarray) -> float:

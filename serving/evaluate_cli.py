@@ -344,7 +344,7 @@ def metrics_table(
     table.caption = (
         f"accuracy {_fmt(metrics['accuracy'])} | exact match {_fmt(metrics['exact_match'])} | "
         f"hamming {_fmt(metrics['hamming_distance'])} | LRAP {_fmt(metrics['lrap'])} | "
-        f"mAP {_fmt(metrics['map'])}"
+        f"top-1 {_fmt(metrics['top1'])} | mAP {_fmt(metrics['map'])}"
     )
     table.caption_justify = "left"
     return table

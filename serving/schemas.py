@@ -79,6 +79,7 @@ class FileMetrics(msgspec.Struct, kw_only=True):
     recall_micro: float | None
     recall_macro: float | None
     lrap: float | None
+    top1: float | None
     map: float | None
     roc_auc_macro: float | None
 

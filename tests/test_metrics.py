@@ -23,6 +23,7 @@ TOP_LEVEL_KEYS = [
     "recall_micro",
     "recall_macro",
     "lrap",
+    "top1",
     "map",
     "roc_auc_macro",
     "n_files",
@@ -43,6 +44,16 @@ def random_case(seed: int, n_files: int) -> tuple[np.ndarray, np.ndarray, np.nda
     y_prob[:, ::2] = np.round(y_prob[:, ::2], 1)
     thresholds = rng.uniform(0.3, 0.7, n)
     return y_true, y_prob.astype(np.float32), thresholds
+
+
+def _top1_loop(y_true: np.ndarray, y_prob: np.ndarray) -> float | None:
+    """top1 the slow way: per labelled file, the first label (in order) with the highest score."""
+    hits = []
+    for truth, prob in zip(y_true.tolist(), y_prob.tolist(), strict=True):
+        if any(truth):
+            best = max(range(len(prob)), key=lambda j: (prob[j], -j))
+            hits.append(truth[best])
+    return sum(hits) / len(hits) if hits else None
 
 
 def sklearn_reference(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray) -> dict[str, object]:
@@ -75,6 +86,7 @@ def sklearn_reference(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.nda
         "recall_micro": skm.recall_score(y_true, y_pred, average="micro", **kw),
         "recall_macro": skm.recall_score(y_true, y_pred, average="macro", **kw),
         "lrap": skm.label_ranking_average_precision_score(y_true, y_prob),
+        "top1": _top1_loop(y_true, y_prob),
         "map": skm.average_precision_score(y_true[:, positive], y_prob[:, positive], average="macro"),
         "roc_auc_macro": skm.roc_auc_score(y_true[:, both], y_prob[:, both], average="macro"),
         "n_files": y_true.shape[0],
@@ -119,10 +131,22 @@ def test_lrap_files_with_no_or_all_labels_score_one() -> None:
     assert ours["lrap"] == pytest.approx((1 + 1 + 1 / 3) / 3)
 
 
+def test_top1_counts_labelled_files_only_and_breaks_ties_in_label_order() -> None:
+    y_true = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 1, 1], [0, 1, 0]])
+    y_prob = np.array([[0.9, 0.1, 0.5], [0.8, 0.3, 0.1], [0.9, 0.9, 0.9], [0.1, 0.2, 0.6], [0.4, 0.4, 0.1]])
+    # hit, miss, unlabelled (skipped), hit (either label counts), tie 0.4/0.4 -> cel, a miss
+    assert compute_metrics(y_true, y_prob, labels=["cel", "cla", "flu"])["top1"] == pytest.approx(2 / 4)
+    single = np.eye(3, dtype=np.int64)[[0, 1, 2, 2]]
+    scores = np.random.default_rng(0).random((4, 3))
+    assert compute_metrics(single, scores, labels=["cel", "cla", "flu"])["top1"] == pytest.approx(
+        skm.top_k_accuracy_score(single.argmax(1), scores, k=1, labels=[0, 1, 2])
+    )
+
+
 def test_undefined_aggregates_are_none() -> None:
     y_true = np.zeros((4, len(LABELS)), dtype=np.int64)
     ours = compute_metrics(y_true, np.full(y_true.shape, 0.7))
-    assert ours["map"] is None and ours["roc_auc_macro"] is None
+    assert ours["map"] is None and ours["roc_auc_macro"] is None and ours["top1"] is None
     assert ours["precision_micro"] == 0.0 and ours["f1_macro"] == 0.0
     assert ours["exact_match"] == 0.0 and ours["hamming_distance"] == 1.0
 

@@ -55,6 +55,7 @@ LOGGED_METRICS: dict[str, str] = {
     "exact_match": "exact_match",
     "map": "map",
     "lrap": "lrap",
+    "top1": "top1",
     "roc_auc_macro": "roc_auc",
     "n_files": "n_files",
 }

@@ -10,7 +10,7 @@ const METRICS = [
   ["n_files", "files"], ["f1_micro", "F1 micro"], ["f1_macro", "F1 macro"],
   ["precision_micro", "precision micro"], ["precision_macro", "precision macro"],
   ["recall_micro", "recall micro"], ["recall_macro", "recall macro"], ["accuracy", "accuracy"],
-  ["exact_match", "exact match"], ["hamming_distance", "hamming distance"], ["lrap", "LRAP"],
+  ["exact_match", "exact match"], ["hamming_distance", "hamming distance"], ["lrap", "LRAP"], ["top1", "top-1"],
   ["map", "mAP"], ["roc_auc_macro", "ROC AUC macro"],
 ];
 
