@@ -129,6 +129,8 @@ def _add_variation_arguments(synth: argparse.ArgumentParser) -> None:
         "min_peak": "clips are peak-normalised to a random level in MIN_PEAK..0.95",
         "isolated_prob": "solo tracks only: one to three isolated notes or chords per clip, left to decay, "
         "with silence between (a sample-library take) instead of a musical line",
+        "amp_prob": "electric-guitar parts only: pedals and an amplifier (drive, cabinet, chorus/flanger/"
+        "tremolo, echo)",
     }
     for f in fields(Variation):
         pair = f.name in ("rt60", "snr_db")

@@ -33,6 +33,7 @@ from rich.text import Text
 from common.labels import LABELS
 from training.synth.acoustics import record
 from training.synth.compose import compose, isolate
+from training.synth.effects import guitar_rig
 from training.synth.expression import add_pitch_expression
 from training.synth.layouts import LAYOUTS, PlanOptions, Track, dataset_spec, plan, write_csv, write_sidecar
 from training.synth.render import FluidRenderer, SynthError, find_soundfonts, import_fluidsynth, mix
@@ -43,6 +44,8 @@ PREROLL_SECONDS = 0.5  # rendered then dropped: clips start mid-music, with note
 PEAK_MAX = 0.95  # each clip is peak-normalised to a random level in variation.min_peak..0.95 (never clips)
 VARIATION_STREAM = 1
 ISOLATED_STREAM = 2
+AMP_STREAM = 3
+AMP_CODES = frozenset({"gel"})  # the parts that go through a guitar rig when amp_prob > 0
 SILENCE_PEAK = 1e-4
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000  # FluidSynth's accepted range
 
@@ -187,6 +190,15 @@ def render_track(renderer: FluidRenderer, track: Track) -> list[np.ndarray]:
     if variation.changes_pitch:
         add_pitch_expression(variation_rng, piece, variation)
     stems = renderer.render(piece, track.soundfont)
+    if variation.amp_prob > 0:
+        # Its own stream as well, one coin per part always drawn: amp_prob 0 leaves renders byte-identical.
+        amp_rng = np.random.default_rng([*track.seed, AMP_STREAM])
+        stems = [
+            guitar_rig(amp_rng, stem, sr)
+            if amp_rng.random() < variation.amp_prob and part.code in AMP_CODES
+            else stem
+            for part, stem in zip(piece.parts, stems, strict=True)
+        ]
     audio = mix(stems, [p.level_db for p in piece.parts])
     if variation.changes_sound:
         audio = record(variation_rng, audio, sr, variation)

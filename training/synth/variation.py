@@ -4,7 +4,8 @@ A model trained on dry General-MIDI renders learns the soundfont, not the instru
 recordings come through a room, a microphone, a preamp and a player who bends and detunes. These
 options say how often each of those is simulated (``*_prob``: the chance a track gets it) and over
 what range; :mod:`training.synth.acoustics` (room, EQ, dynamics, noise) and
-:mod:`training.synth.expression` (detune, bends, vibrato) apply them. ``dry`` changes nothing, so
+:mod:`training.synth.expression` (detune, bends, vibrato) and
+:mod:`training.synth.effects` (an electric guitar's pedals and amplifier) apply them. ``dry`` changes nothing, so
 the output of the default settings stays what it always was; ``varied`` is what the demo model
 trains on.
 """
@@ -27,6 +28,7 @@ class Variation:
     vibrato_prob: float = 0.0  # per part: pitch-wheel vibrato of random rate and depth on long notes
     min_peak: float = 0.5  # clips are peak-normalised to a level in min_peak..0.95
     isolated_prob: float = 0.0  # per solo track: isolated notes (a sample-library take) instead of a line
+    amp_prob: float = 0.0  # per electric-guitar part: pedals and amplifier (drive, cabinet, modulation, echo)
 
     def validate(self) -> Variation:
         for f in fields(self):
@@ -50,6 +52,8 @@ class Variation:
     @property
     def changes_sound(self) -> bool:
         return self.room_prob > 0 or self.eq_prob > 0 or self.dynamics_prob > 0 or self.noise_prob > 0
+
+    # amp_prob is neither: it acts on electric-guitar stems before the mix, from its own random stream.
 
 
 DRY = Variation()
