@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -102,21 +103,8 @@ def test_guitar_rig_is_seeded_and_leaves_silence_alone() -> None:
 
 
 def test_amp_prob_is_a_cli_flag_validated_and_off_in_the_presets() -> None:
-    args = data_cli.build_parser().parse_args(
-        [
-            "synth",
-            "--out",
-            "x",
-            "--layout",
-            "csv",
-            "--per-class",
-            "1",
-            "--variation",
-            "varied",
-            "--amp-prob",
-            "0.6",
-        ]
-    )
+    argv = shlex.split("synth --out x --layout csv --per-class 1 --variation varied --amp-prob 0.6")
+    args = data_cli.build_parser().parse_args(argv)
     assert data_cli._variation(args).amp_prob == 0.6
     assert VARIED.amp_prob == 0.0  # renders with the presets stay what they were
     with pytest.raises(ValueError, match="--amp-prob must be within 0..1"):
