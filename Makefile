@@ -66,8 +66,7 @@ bench: setup
 
 # Rebuild models/demo/lumen-demo.onnx from scratch with the project's own tools (see models/demo/MODEL_CARD.md).
 # Training data: three GM soundfonts only, two thirds rendered with sound-source variation (rooms, microphones,
-# noise, dynamics, bends; 35 % of their solo tracks isolated sample-library notes; 60 % of their electric
-# guitars through pedals and an amplifier), a third dry; every clip
+# noise, dynamics, bends; 35 % of their solo tracks isolated sample-library notes), a third dry; every clip
 # re-equalised at random while training (SEVEN_BAND_EQ). Validation: mixes plus
 # isolated notes. Evaluation: a GM soundfont training never used (sf_GMbank) and the
 # recorded samples of benchmarks/real_samples.sh.
@@ -84,8 +83,8 @@ DEMO_TEST = $(VENV)/bin/lumen-test --model models/demo/lumen-demo.onnx --all-plo
 demo-model: setup
 	@for sf in $(DEMO_SOUNDFONTS) $(DEMO_HELDOUT_SOUNDFONT); do [ -f $$sf ] || { echo "missing $$sf: apt-get install -y $(DEMO_APT)"; exit 1; }; done
 	rm -rf $(DEMO_DATA) $(DEMO_RUNS)
-	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 0.35 --amp-prob 0.6 --out $(DEMO_DATA)/train-varied --layout irmastrain --per-class 300 --seed 0
-	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 0.35 --amp-prob 0.6 --out $(DEMO_DATA)/train-varied-b --layout irmastrain --per-class 300 --seed 7
+	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 0.35 --out $(DEMO_DATA)/train-varied --layout irmastrain --per-class 300 --seed 0
+	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 0.35 --out $(DEMO_DATA)/train-varied-b --layout irmastrain --per-class 300 --seed 7
 	$(DEMO_TRAIN_SYNTH) --variation dry --out $(DEMO_DATA)/train-dry --layout irmastrain --per-class 300 --seed 5
 	$(DEMO_TRAIN_SYNTH) --variation varied --out $(DEMO_DATA)/val --layout irmastest --per-class 40 --seed 1 --min-seconds 5 --max-seconds 10
 	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 1 --out $(DEMO_DATA)/val-isolated --layout irmastrain --per-class 10 --seed 6
