@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import benchmark_scripts
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "aggregation_study", ROOT / "benchmarks" / "aggregation_study.py"
-)
-assert _spec is not None and _spec.loader is not None
-study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(study)
+study = benchmark_scripts.load("aggregation_study")
 
 # Two windows: a loud one that hears a piano, a near-silent release tail that hears an organ.
 PROBS = np.array([[0.9, 0.1], [0.1, 0.9]], dtype=np.float32)

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+import benchmark_scripts
 import numpy as np
 import pytest
 import soundfile as sf
 
 from common.labels import LABELS
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "compare_predictions", ROOT / "benchmarks" / "compare_predictions.py"
-)
-assert _spec is not None and _spec.loader is not None
-compare_predictions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare_predictions)
+compare_predictions = benchmark_scripts.load("compare_predictions")
 
 
 def _case(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

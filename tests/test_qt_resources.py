@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 import zlib
 from pathlib import Path
 
+import benchmark_scripts
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("qt_resources", ROOT / "benchmarks" / "qt_resources.py")
-assert _spec is not None and _spec.loader is not None
-qt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(qt)
+qt = benchmark_scripts.load("qt_resources")
 
 
 def _bundle(

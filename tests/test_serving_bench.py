@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import benchmark_scripts
 import pytest
 import serving_testkit as kit
 
@@ -202,13 +203,7 @@ Status code distribution:
 
 
 def test_the_hey_driver_reads_heys_report_and_builds_the_same_request(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_server_split", Path(__file__).parents[1] / "benchmarks" / "bench_server_split.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_scripts.load("bench_server_split")
     parsed = module.parse_hey(HEY_REPORT)
     assert parsed == pytest.approx(
         {
