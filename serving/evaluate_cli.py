@@ -7,7 +7,9 @@ subset of the files would silently describe a different dataset than the one nam
 Outputs (``--out-dir``, default ``<model stem>_test/`` next to the model):
 ``predictions.json`` ``{path: {"labels": {code: 0|1}, "probabilities": {code: p}}}``,
 ``errors.json`` ``{path: reason}`` for every file that could not be used, ``metrics.yaml`` (labelled
-runs) and the PNG plots asked for.
+runs), ``per_file.csv`` (labelled runs: each file's true and predicted instruments, the instrument
+ranked first and where the best-ranked true one came, so misses can be sorted and listened to) and
+the PNG plots asked for.
 
 ``--engine ray`` runs the same pipeline on Ray Data (:mod:`serving.ray_engine`, imported only then):
 results are journaled to ``results.jsonl`` as they arrive (``--resume`` continues an interrupted run)
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import sys
@@ -309,6 +312,53 @@ def predictions_document(run: Predictions, thresholds: np.ndarray) -> dict[str, 
     }
 
 
+PER_FILE_COLUMNS = (
+    "file",
+    "true",
+    "predicted",
+    "first",
+    "first_probability",
+    "true_rank",
+    "true_probability",
+)
+
+
+def per_file_rows(run: Predictions, thresholds: np.ndarray) -> list[dict[str, Any]]:
+    """One row per labelled file, in input order (see ``per_file.csv`` in the module docstring).
+
+    ``true_rank`` is the rank (1 = highest probability) of the file's best-ranked true instrument,
+    ties counted against the model; empty for a file with no label.
+    """
+    assert run.targets is not None
+    decisions = run.decisions(thresholds)
+    rows = []
+    for path, probs, truth, decided in zip(run.paths, run.probs, run.targets, decisions, strict=True):
+        true_idx = np.flatnonzero(truth)
+        first = int(np.argmax(probs))
+        row: dict[str, Any] = {
+            "file": path,
+            "true": " ".join(run.labels[j] for j in true_idx),
+            "predicted": " ".join(code for code, d in zip(run.labels, decided, strict=True) if d),
+            "first": run.labels[first],
+            "first_probability": f"{probs[first]:.4f}",
+            "true_rank": "",
+            "true_probability": "",
+        }
+        if true_idx.size:
+            best = true_idx[int(np.argmax(probs[true_idx]))]
+            row["true_rank"] = int((probs >= probs[best]).sum())
+            row["true_probability"] = f"{probs[best]:.4f}"
+        rows.append(row)
+    return rows
+
+
+def _write_per_file(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PER_FILE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
@@ -445,10 +495,17 @@ def run(args: argparse.Namespace, console: Console, progress_console: Console) -
     if result.paths and result.targets is not None:
         metrics = compute_metrics(result.targets, result.probs, thresholds.values, labels=result.labels)
         _write_metrics(out_dir, args, metrics, thresholds, result.labels, len(errors))
+        rows = per_file_rows(result, thresholds.values)
+        _write_per_file(out_dir / "per_file.csv", rows)
         caption = plots.caption(args.model.name, args.dataset_paths, len(result.paths))
         console.print(metrics_table(metrics, result.labels, thresholds.values, caption))
         for path in _save_plots(args, result, result.decisions(thresholds.values), metrics, out_dir):
             console.print(f"plot: {path}", highlight=False)
+        misses = sum(1 for row in rows if row["true_rank"] not in ("", 1))
+        console.print(
+            f"true instrument not ranked first on {misses} of {len(rows)} files: {out_dir / 'per_file.csv'}",
+            highlight=False,
+        )
     _print_errors(console, errors, out_dir)
     if not result.paths:
         console.print(f"[red]no file could be evaluated[/red]; see {escape(str(out_dir / 'errors.json'))}")

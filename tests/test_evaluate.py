@@ -7,6 +7,7 @@ carry a distractor, which gives non-trivial metrics to check against scikit-lear
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -154,6 +155,28 @@ def test_metrics_match_scikit_learn_on_written_predictions(
         assert row["support"] == support[k]
         assert row["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true[:, k], y_prob[:, k]), abs=1e-6), code
     assert metrics["threshold_source"] == "artifact"
+
+
+def test_per_file_csv_ranks_the_true_instrument(labelled_run: Path, workspace: dict[str, Path]) -> None:
+    predictions = json.loads((labelled_run / "predictions.json").read_text())
+    metrics = yaml.safe_load((labelled_run / "metrics.yaml").read_text())
+    with (labelled_run / "per_file.csv").open(newline="") as handle:
+        rows = {row["file"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == set(predictions)
+    paths = sorted(predictions)
+    y_true = _truth(workspace["test"], paths)
+    ranks = []
+    for path, truth in zip(paths, y_true, strict=True):
+        row, probs = rows[path], predictions[path]["probabilities"]
+        order = sorted(LABELS, key=lambda c: -probs[c])
+        assert row["first"] == order[0]
+        assert row["true"].split() == [c for c, t in zip(LABELS, truth, strict=True) if t]
+        assert row["predicted"].split() == [c for c in LABELS if predictions[path]["labels"][c]]
+        if truth.any():  # rank of the best-ranked true label, 1-based, in the sorted order
+            expected = min(order.index(c) for c, t in zip(LABELS, truth, strict=True) if t) + 1
+            assert int(row["true_rank"]) == expected, path
+            ranks.append(expected)
+    assert ranks and metrics["top1"] == pytest.approx(np.mean([r == 1 for r in ranks]))
 
 
 def test_every_plot_is_a_non_empty_png(labelled_run: Path) -> None:
