@@ -19,6 +19,8 @@ stage is tossed for every track, so switching one stage off does not reshuffle t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from training.synth.variation import Variation
@@ -91,11 +93,15 @@ def microphone_curve(rng: np.random.Generator, freqs: np.ndarray, sample_rate: i
     return db
 
 
-def colour(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+def filter_db(audio: np.ndarray, sample_rate: int, curve: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Zero-phase filtering by a gain curve: ``curve(freqs)`` in dB at the rfft bins (0 Hz read as 1 Hz)."""
     n = len(audio)
-    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
-    gain = 10 ** (microphone_curve(rng, freqs, sample_rate) / 20)
-    return np.fft.irfft(np.fft.rfft(audio) * gain, n)
+    freqs = np.maximum(np.fft.rfftfreq(n, 1.0 / sample_rate), 1.0)
+    return np.fft.irfft(np.fft.rfft(audio) * 10 ** (curve(freqs) / 20), n)
+
+
+def colour(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    return filter_db(audio, sample_rate, lambda freqs: microphone_curve(rng, freqs, sample_rate))
 
 
 def compress(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.ndarray:

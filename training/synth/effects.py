@@ -23,22 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from training.synth.acoustics import filter_db
+
 OVERSAMPLE = 4
 DRIVE_PROB = 0.7
 CABINET_PROB_CLEAN = 0.5  # a cabinet always follows drive; a clean DI'd stem gets one half the time
 MODULATION_PROB = 0.35
 ECHO_PROB = 0.35
-
-
-def _db_gain(db: np.ndarray) -> np.ndarray:
-    return 10 ** (db / 20)
-
-
-def _filter(audio: np.ndarray, sample_rate: int, curve) -> np.ndarray:
-    """Zero-phase filtering by a gain curve in dB, ``curve(freqs) -> dB``."""
-    n = len(audio)
-    freqs = np.maximum(np.fft.rfftfreq(n, 1.0 / sample_rate), 1.0)
-    return np.fft.irfft(np.fft.rfft(audio) * _db_gain(curve(freqs)), n)
 
 
 def _resample_fft(audio: np.ndarray, factor_up: int, factor_down: int) -> np.ndarray:
@@ -71,7 +62,7 @@ def drive(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.n
         def pre(f: np.ndarray) -> np.ndarray:
             return boost * (1 - 1 / (1 + (f / corner) ** 2))
 
-    x = _filter(audio, sample_rate, pre)
+    x = filter_db(audio, sample_rate, pre)
     x = x / (float(np.max(np.abs(x))) + 1e-12)
     gain = 10 ** (rng.uniform(6.0, 30.0) / 20)
     x = _resample_fft(x, OVERSAMPLE, 1) * gain
@@ -85,7 +76,7 @@ def drive(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.n
         y = np.tanh(x + bias) - np.tanh(bias)
     y = _resample_fft(y, 1, OVERSAMPLE)[: len(audio)]
     # AC coupling: an asymmetric clipper's output carries a level-dependent offset; 25 Hz high-pass.
-    y = _filter(y, sample_rate, lambda f: -10 * np.log10(1 + (25.0 / f) ** 4))
+    y = filter_db(y, sample_rate, lambda f: -10 * np.log10(1 + (25.0 / f) ** 4))
     return y * rms_in / (float(np.sqrt(np.mean(y**2))) + 1e-12)
 
 
@@ -104,7 +95,7 @@ def cabinet(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np
             db += gain * np.exp(-0.5 * (np.log2(f / centre) / width) ** 2)
         return db
 
-    return _filter(audio, sample_rate, curve)
+    return filter_db(audio, sample_rate, curve)
 
 
 def _delayed(audio: np.ndarray, delay_samples: np.ndarray) -> np.ndarray:
@@ -147,13 +138,16 @@ def echo(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.nd
     delay = int(rng.uniform(0.09, 0.55) * sample_rate)
     feedback, mix = rng.uniform(0.2, 0.55), rng.uniform(0.15, 0.45)
     darken = rng.uniform(1500.0, 5000.0)
+    n = len(audio)
+    spectrum = np.fft.rfft(audio)
+    # One pass of the darkening low-pass as a gain per bin; the k-th repeat has been through it k times.
+    dark = 1 / np.sqrt(1 + (np.maximum(np.fft.rfftfreq(n, 1.0 / sample_rate), 1.0) / darken) ** 2)
     out = audio.copy()
-    repeat = audio
     for k in range(1, 8):
-        if k * delay >= len(audio):
+        if k * delay >= n:
             break
-        repeat = _filter(repeat, sample_rate, lambda f: -10 * np.log10(1 + (f / darken) ** 2))
-        out[k * delay :] += mix * feedback ** (k - 1) * repeat[: len(audio) - k * delay]
+        repeat = np.fft.irfft(spectrum * dark**k, n)
+        out[k * delay :] += mix * feedback ** (k - 1) * repeat[: n - k * delay]
     return out
 
 
