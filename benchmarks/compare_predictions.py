@@ -24,29 +24,45 @@ from pathlib import Path
 
 import numpy as np
 
-from common.datasets import scan_dataset
+from common.datasets import DatasetError, scan_dataset
 from common.labels import LABELS
-from common.metrics import compute_metrics
+from common.metrics import compute_metrics, label_ranking_average_precision, top1
 
 METRICS = ("f1_macro", "lrap", "top1")
 
 
+class PredictionsError(ValueError):
+    """A predictions.json that is not what lumen-test writes."""
+
+
 def load_predictions(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """File (absolute path) -> (predicted 0/1 labels, probabilities), in LABELS order."""
-    raw = json.loads(path.read_text())
-    return {
-        os.path.abspath(name): (
-            np.array([entry["labels"][c] for c in LABELS], dtype=np.float64),
-            np.array([entry["probabilities"][c] for c in LABELS], dtype=np.float64),
-        )
-        for name, entry in raw.items()
-    }
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            os.path.abspath(name): (
+                np.array([float(entry["labels"][c]) for c in LABELS]),
+                np.array([float(entry["probabilities"][c]) for c in LABELS]),
+            )
+            for name, entry in raw.items()
+        }
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PredictionsError(f"{path}: cannot read it as JSON ({exc})") from exc
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise PredictionsError(
+            f"{path}: not a lumen-test predictions.json "
+            '({path: {"labels": {code: 0|1}, "probabilities": {code: p}}} for every code): '
+            f"{type(exc).__name__} {exc}"
+        ) from exc
 
 
 def scores(truth: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
-    thresholded = compute_metrics(truth, labels, 0.5)  # labels are already 0/1 at the stored thresholds
-    ranked = compute_metrics(truth, probs)
-    return {"f1_macro": thresholded["f1_macro"], "lrap": ranked["lrap"], "top1": ranked["top1"]}
+    """macro-F1 of the 0/1 ``labels`` (already cut at the model's stored thresholds), LRAP and top-1."""
+    return {
+        "f1_macro": compute_metrics(truth, labels, 0.5)["f1_macro"],
+        "lrap": label_ranking_average_precision(truth, probs),
+        "top1": top1(truth, probs),
+    }
 
 
 def compare(
@@ -83,20 +99,33 @@ def compare(
     return out
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be within 1..100000, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", type=Path, help="the incumbent's predictions.json (lumen-test)")
     parser.add_argument("b", type=Path, help="the candidate's predictions.json, same files")
     parser.add_argument("--dataset-paths", nargs="+", required=True, metavar="SPEC")
-    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--resamples", type=_positive, default=1000, help="paired resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the comparison as JSON")
     args = parser.parse_args(argv)
     truth: dict[str, np.ndarray] = {}
-    for spec in args.dataset_paths:
-        for item in scan_dataset(spec)[0]:
-            truth[os.path.abspath(str(item.path))] = np.asarray(item.labels, dtype=np.float64)
-    a, b = load_predictions(args.a), load_predictions(args.b)
+    try:
+        for spec in args.dataset_paths:
+            for item in scan_dataset(spec)[0]:
+                truth[os.path.abspath(str(item.path))] = np.asarray(item.labels, dtype=bool)
+    except DatasetError as exc:
+        parser.error(str(exc))
+    try:
+        a, b = load_predictions(args.a), load_predictions(args.b)
+    except PredictionsError as exc:
+        parser.error(str(exc))
     missing = sorted(set(truth) - set(a) | set(truth) - set(b))
     if missing:
         parser.error(f"{len(missing)} labelled files lack a prediction in A or B, e.g. {missing[0]}")

@@ -74,3 +74,39 @@ def test_cli_reads_lumen_test_predictions_and_refuses_missing_files(tmp_path: Pa
     with pytest.raises(SystemExit):
         compare_predictions.main([str(a), str(short), "--dataset-paths", f"irmastest:{data}"])
     assert "1 labelled files lack a prediction" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "cannot read it as JSON"),
+        ('["a list"]', "not a lumen-test predictions.json"),
+        ('{"x.wav": {"labels": {"cel": 1}, "probabilities": {"cel": 0.5}}}', "KeyError"),
+        ('{"x.wav": {"labels": "cel", "probabilities": {}}}', "not a lumen-test predictions.json"),
+    ],
+)
+def test_a_malformed_predictions_file_is_a_usage_error(
+    tmp_path: Path, capsys, content: str, message: str
+) -> None:
+    data = tmp_path / "set"
+    data.mkdir()
+    sf.write(data / "x.wav", np.zeros(1600, dtype=np.float32), 16000)
+    (data / "x.txt").write_text("cel\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        compare_predictions.main([str(bad), str(bad), "--dataset-paths", f"irmastest:{data}"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_dataset_without_audio_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        compare_predictions.main(["a.json", "b.json", "--dataset-paths", f"irmastest:{tmp_path}"])
+    assert exit_info.value.code == 2 and "no audio files found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count", ["0", "-3", "100001", "many"])
+def test_resamples_is_bounded(tmp_path: Path, capsys, count: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        compare_predictions.main(["a.json", "b.json", "--dataset-paths", "x", "--resamples", count])
+    assert exit_info.value.code == 2 and "--resamples" in capsys.readouterr().err
