@@ -327,7 +327,8 @@ def per_file_rows(run: Predictions, thresholds: np.ndarray) -> list[dict[str, An
     """One row per labelled file, in input order (see ``per_file.csv`` in the module docstring).
 
     ``true_rank`` is the rank (1 = highest probability) of the file's best-ranked true instrument,
-    ties counted against the model; empty for a file with no label.
+    ties broken in label order as ``top1`` breaks them (so ``true_rank == 1`` exactly on the files
+    ``top1`` counts as hits); empty for a file with no label.
     """
     assert run.targets is not None
     decisions = run.decisions(thresholds)
@@ -345,8 +346,9 @@ def per_file_rows(run: Predictions, thresholds: np.ndarray) -> list[dict[str, An
             "true_probability": "",
         }
         if true_idx.size:
-            best = true_idx[int(np.argmax(probs[true_idx]))]
-            row["true_rank"] = int((probs >= probs[best]).sum())
+            best = true_idx[int(np.argmax(probs[true_idx]))]  # the first of the true ones at their maximum
+            ahead = (probs > probs[best]) | ((probs == probs[best]) & (np.arange(len(probs)) < best))
+            row["true_rank"] = int(ahead.sum()) + 1
             row["true_probability"] = f"{probs[best]:.4f}"
         rows.append(row)
     return rows

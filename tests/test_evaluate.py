@@ -21,10 +21,11 @@ from sklearn import metrics as skm
 from common.audio import aggregate, load_audio, split_windows
 from common.datasets import parse_spec, scan_dataset
 from common.labels import LABELS, N_LABELS
-from common.metrics import tune_thresholds
+from common.metrics import compute_metrics, tune_thresholds
 from serving import plots
-from serving.evaluate_cli import main
+from serving.evaluate_cli import main, per_file_rows
 from serving.evaluation import (
+    Predictions,
     collect,
     load_predictor,
     per_file_scores,
@@ -177,6 +178,25 @@ def test_per_file_csv_ranks_the_true_instrument(labelled_run: Path, workspace: d
             assert int(row["true_rank"]) == expected, path
             ranks.append(expected)
     assert ranks and metrics["top1"] == pytest.approx(np.mean([r == 1 for r in ranks]))
+
+
+def test_per_file_true_rank_breaks_ties_as_top1_does() -> None:
+    labels = ["cel", "cla", "flu"]
+    run = Predictions(
+        labels=labels,
+        paths=["tie_lost", "tie_won", "clear", "unlabelled"],
+        probs=np.array(
+            [[0.6, 0.6, 0.1], [0.6, 0.6, 0.1], [0.2, 0.3, 0.9], [0.5, 0.5, 0.5]], dtype=np.float32
+        ),
+        targets=np.array([[0, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.int8),
+        errors={},
+    )
+    rows = per_file_rows(run, np.full(3, 0.5))
+    assert [r["true_rank"] for r in rows] == [2, 1, 2, ""]
+    assert [r["first"] for r in rows] == ["cel", "cel", "flu", "cel"]
+    assert rows[0]["predicted"] == "cel cla" and rows[3]["true"] == ""
+    top1 = compute_metrics(run.targets, run.probs, labels=labels)["top1"]
+    assert top1 == pytest.approx(np.mean([r["true_rank"] == 1 for r in rows[:3]]))
 
 
 def test_every_plot_is_a_non_empty_png(labelled_run: Path) -> None:
