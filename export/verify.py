@@ -160,13 +160,17 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_parity(
-    reference: ProbsAndLogits,
+    reference: ProbsAndLogits | Runner,
     runners: dict[str, Runner],
     inputs: Sequence[tuple[str, np.ndarray]],
     tolerance: float,
 ) -> ParityReport:
-    """Compare every runner with the float32 ``reference`` on every input; raise :class:`ParityError` on a miss."""
-    run_reference = torch_runner(reference.eval())
+    """Compare every runner with ``reference`` on every input; raise :class:`ParityError` on a miss.
+
+    ``reference`` is the float32 eager model, or (for an artifact built from other artifacts, such as
+    an ensemble) a runner that computes what the artifact should give.
+    """
+    run_reference = torch_runner(reference.eval()) if isinstance(reference, ProbsAndLogits) else reference
     expected = [run_reference(batch) for _, batch in inputs]
     cases = []
     for runtime, run in runners.items():

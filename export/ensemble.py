@@ -1,0 +1,280 @@
+"""Several exported artifacts -> one ONNX file that averages their probabilities.
+
+Models trained on different renders of the data make different mistakes; the mean of their
+probabilities is a better-calibrated and usually more accurate answer than any one of them, and it
+is still one artifact under the contract of ``DESIGN.md``: input ``waveform``, outputs ``probs`` and
+``logits``, metadata in ``metadata_props``. The members' graphs are copied side by side (names
+prefixed ``m0/``, ``m1/``, ...), all fed from the one ``waveform`` input, and joined by an ONNX
+``Mean`` of their ``probs``; ``logits`` are the logit of that mean (probabilities clipped to
+[1e-7, 1 - 1e-7] first, so they stay finite).
+
+The members must agree on everything serving reads before a window reaches the model — labels,
+sample rate, window, hop, aggregation and peak normalisation — otherwise averaging them would mix
+answers to different questions. Thresholds are not averaged: the ensemble's probabilities are a new
+model's, so its per-instrument thresholds are tuned again on labelled validation files
+(:func:`tune_on`) exactly as ``lumen-train`` tunes a single model's (file level,
+:func:`common.metrics.tune_thresholds`).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from common.artifact import INPUT_NAME, LOGITS_NAME, OUTPUT_NAME, ArtifactError, ArtifactMetadata
+from common.audio import AudioError, aggregate, load_audio, split_windows
+from common.datasets import scan_dataset
+from common.labels import index_of
+from common.metrics import compute_metrics, tune_thresholds
+from common.version import __version__
+from export.artifact import ExportError
+from export.onnx import MAX_PROTO_BYTES, graph_problems, read_onnx_metadata
+
+LOGIT_EPS = 1e-7
+MEMBER_PREFIX = "m{}/"
+# Fields that decide what a window is and how window answers become a file's: members must agree.
+SHARED_FIELDS = ("labels", "sample_rate", "window_samples", "hop_samples", "aggregation")
+
+
+@dataclass(frozen=True)
+class Member:
+    path: Path
+    model: onnx.ModelProto
+    metadata: ArtifactMetadata
+    sha256: str
+
+
+def load_member(path: Path) -> Member:
+    """One exported artifact, read and validated as serving reads it."""
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
+    try:
+        metadata = read_onnx_metadata(path)
+        model = onnx.load(str(path), load_external_data=False)
+    except ArtifactError as exc:
+        raise ExportError(f"{path}: not a lumen artifact ({exc})") from None
+    except Exception as exc:  # protobuf's DecodeError and friends: the file is not ONNX at all
+        raise ExportError(f"{path}: not an ONNX file ({type(exc).__name__})") from None
+    outputs = [o.name for o in model.graph.output]
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+        raise ExportError(
+            f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, found inputs {inputs}, "
+            f"outputs {outputs}"
+        )
+    return Member(path, model, metadata, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+
+
+def check_compatible(members: Sequence[Member]) -> None:
+    """Raise :class:`ExportError` naming the first field on which a member disagrees with the first."""
+    if len(members) < 2:
+        raise ExportError(f"an ensemble needs at least 2 members, got {len(members)}")
+    first = members[0]
+    for other in members[1:]:
+        for field in SHARED_FIELDS:
+            a, b = getattr(first.metadata, field), getattr(other.metadata, field)
+            if a != b:
+                raise ExportError(f"{other.path}: {field} {b} differs from {first.path}'s {a}")
+        a_norm = bool(first.metadata.training_config.get("normalize_audio", False))
+        b_norm = bool(other.metadata.training_config.get("normalize_audio", False))
+        if a_norm != b_norm:
+            raise ExportError(
+                f"{other.path}: normalize_audio {b_norm} differs from {first.path}'s {a_norm}; "
+                "members must see the same input"
+            )
+        if _opset(other.model) != _opset(first.model):
+            raise ExportError(
+                f"{other.path}: ONNX opset {_opset(other.model)} differs from {first.path}'s "
+                f"{_opset(first.model)}; re-export both with the same --opset"
+            )
+
+
+def _prefixed(model: onnx.ModelProto, prefix: str) -> onnx.GraphProto:
+    """The member's graph with every name prefixed, its ``waveform`` input renamed back to the shared one."""
+    graph = onnx.compose.add_prefix(copy.deepcopy(model), prefix).graph
+    own_input = prefix + INPUT_NAME
+    for node in graph.node:
+        node.input[:] = [INPUT_NAME if name == own_input else name for name in node.input]
+    return graph
+
+
+def merge(members: Sequence[Member], *, expose_members: bool = False) -> onnx.ModelProto:
+    """One graph: every member on the shared ``waveform``, ``probs`` = Mean, ``logits`` = logit(probs).
+
+    ``expose_members`` adds each member's ``m<i>/probs`` as an output too (for measuring the members
+    in the same pass as the ensemble; the artifact itself is written without them).
+    """
+    check_compatible(members)
+    if any(m.model.functions for m in members):
+        raise ExportError("members with ONNX local functions cannot be merged (re-export without them)")
+    graphs = [_prefixed(m.model, MEMBER_PREFIX.format(i)) for i, m in enumerate(members)]
+    n_labels = len(members[0].metadata.labels)
+    batch = next(i for i in members[0].model.graph.input if i.name == INPUT_NAME)
+    batch_dim = batch.type.tensor_type.shape.dim[0]
+    batch_axis: str | int = batch_dim.dim_param or batch_dim.dim_value
+    prefixes = [MEMBER_PREFIX.format(i) for i in range(len(members))]
+    eps = helper.make_tensor("ensemble/eps", TensorProto.FLOAT, [], [LOGIT_EPS])
+    top = helper.make_tensor("ensemble/one_minus_eps", TensorProto.FLOAT, [], [1.0 - LOGIT_EPS])
+    one = helper.make_tensor("ensemble/one", TensorProto.FLOAT, [], [1.0])
+    joins = [
+        helper.make_node("Mean", [p + OUTPUT_NAME for p in prefixes], [OUTPUT_NAME], name="ensemble/mean"),
+        helper.make_node(
+            "Clip",
+            [OUTPUT_NAME, "ensemble/eps", "ensemble/one_minus_eps"],
+            ["ensemble/p"],
+            name="ensemble/clip",
+        ),
+        helper.make_node("Sub", ["ensemble/one", "ensemble/p"], ["ensemble/q"], name="ensemble/q"),
+        helper.make_node("Div", ["ensemble/p", "ensemble/q"], ["ensemble/odds"], name="ensemble/odds"),
+        helper.make_node("Log", ["ensemble/odds"], [LOGITS_NAME], name="ensemble/logit"),
+    ]
+    graph = helper.make_graph(
+        nodes=[node for g in graphs for node in g.node] + joins,
+        name="lumen_ensemble",
+        inputs=[copy.deepcopy(batch)],
+        outputs=[
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch_axis, n_labels])
+            for name in [OUTPUT_NAME, LOGITS_NAME]
+            + ([p + OUTPUT_NAME for p in prefixes] if expose_members else [])
+        ],
+        initializer=[t for g in graphs for t in g.initializer] + [eps, top, one],
+        value_info=[v for g in graphs for v in g.value_info],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", _opset(members[0].model))],
+        producer_name="lumen-ensemble",
+    )
+    model.ir_version = max(m.model.ir_version for m in members)
+    problems = graph_problems(model)
+    if problems:
+        raise ExportError(
+            f"the merged graph has {len(problems)} node(s) the CUDA EP cannot run: {problems[0]}"
+        )
+    size = model.ByteSize()
+    if size > MAX_PROTO_BYTES:
+        raise ExportError(
+            f"the merged model is {size / 2**30:.1f} GB, over protobuf's 2 GB single-file limit"
+        )
+    onnx.checker.check_model(model)
+    return model
+
+
+def ensemble_metadata(members: Sequence[Member], thresholds: Sequence[float]) -> ArtifactMetadata:
+    """The first member's contract with the ensemble's own thresholds and the members recorded."""
+    first = members[0].metadata
+    config = dict(first.training_config)
+    config["ensemble_members"] = [
+        {
+            "file": m.path.name,
+            "sha256": m.sha256,
+            "architecture": m.metadata.architecture,
+            "source_checkpoint_sha256": m.metadata.source_checkpoint_sha256,
+            "thresholds": list(m.metadata.thresholds),
+            "training_config": m.metadata.training_config,
+        }
+        for m in members
+    ]
+    return ArtifactMetadata(
+        labels=list(first.labels),
+        sample_rate=first.sample_rate,
+        window_samples=first.window_samples,
+        hop_samples=first.hop_samples,
+        thresholds=[float(t) for t in thresholds],
+        aggregation=first.aggregation,
+        architecture="ENSEMBLE(" + "+".join(m.metadata.architecture for m in members) + ")",
+        training_config=config,
+        source_checkpoint_sha256="",
+        lumen_version=__version__,
+        export_time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    ).validate()
+
+
+def with_metadata(model: onnx.ModelProto, meta: ArtifactMetadata) -> onnx.ModelProto:
+    out = copy.copy(model)
+    del out.metadata_props[:]
+    for key, value in sorted(meta.to_props().items()):
+        out.metadata_props.add(key=key, value=value)
+    return out
+
+
+def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Tuned thresholds and file-level metrics of each output ``run`` gave, in its order."""
+
+    thresholds: list[np.ndarray]
+    metrics: list[dict[str, Any]]
+    files: int
+    skipped: dict[str, str]
+
+
+def tune_on(
+    run: Callable[[np.ndarray], Sequence[np.ndarray]],
+    meta: ArtifactMetadata,
+    specs: Sequence[str],
+    *,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tuning:
+    """Per-instrument thresholds of each output of ``run`` (windows -> [probs, ...]) on ``specs``' files.
+
+    Files are cut and aggregated as serving does (same rate, normalisation, window, hop,
+    aggregation); a file that cannot be decoded is skipped and reported, not fatal.
+    """
+    items = [item for spec in specs for item in scan_dataset(spec)[0]]
+    if not items:
+        raise ExportError(f"no labelled audio in {' '.join(specs)}")
+    normalize = bool(meta.training_config.get("normalize_audio", False))
+    columns = np.array([index_of(code) for code in meta.labels])
+    probs: list[list[np.ndarray]] = []  # per file, per output
+    truth: list[np.ndarray] = []
+    skipped: dict[str, str] = {}
+    unlabelled = [item.path for item in items if item.labels is None]
+    if unlabelled:
+        raise ExportError(f"{unlabelled[0]}: thresholds are tuned on labelled files; this one has no labels")
+    for done, item in enumerate(items, 1):
+        try:
+            audio = load_audio(item.path, meta.sample_rate, normalize=normalize)
+        except AudioError as exc:
+            skipped[str(item.path)] = str(exc)
+            continue
+        windows = split_windows(audio, meta.window_samples, meta.hop_samples)
+        batches = [run(windows.audio[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
+        per_output = [np.concatenate(outputs) for outputs in zip(*batches, strict=True)]
+        probs.append([aggregate(w, meta.aggregation, valid=windows.valid) for w in per_output])
+        truth.append(np.asarray(item.labels, dtype=bool)[columns])
+        if progress is not None:
+            progress(done, len(items))
+    if not probs:
+        raise ExportError(f"none of the {len(items)} files in {' '.join(specs)} could be read")
+    y = np.stack(truth)
+    if not y.any(axis=0).all():
+        absent = [code for code, seen in zip(meta.labels, y.any(axis=0), strict=True) if not seen]
+        raise ExportError(
+            f"the validation files have no example of {', '.join(absent)}: its threshold cannot be tuned"
+        )
+    thresholds, metrics = [], []
+    for k in range(len(probs[0])):
+        p = np.stack([file_probs[k] for file_probs in probs])
+        thresholds.append(tune_thresholds(y, p))
+        metrics.append(compute_metrics(y, p, thresholds[-1], labels=meta.labels))
+    return Tuning(thresholds, metrics, len(probs), skipped)

@@ -1,0 +1,157 @@
+"""lumen-ensemble: one ONNX file that averages its members, tuned on validation, refusing what cannot mix."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+
+from common.artifact import metadata_from_props
+from common.datasets import scan_dataset
+from common.labels import LABELS
+from common.metrics import tune_thresholds
+from export.cli import main as export_main
+from export.ensemble_cli import main
+from serving.evaluation import OnnxPredictor, predict_files
+from serving.runtime import OnnxModel
+from tests.test_export import SR, WINDOW, chord, tiny_config, write_checkpoint
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two artifacts of the same contract with different (random) weights, and a copy of the first
+    whose metadata says it cuts windows at another hop."""
+    root = tmp_path_factory.mktemp("members")
+    paths = []
+    for seed in (0, 1):
+        ckpt = root / f"m{seed}.ckpt"
+        write_checkpoint(ckpt, tiny_config(), seed=seed)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert export_main([str(ckpt), "--out", str(root / f"m{seed}.onnx"), "--no-verify"]) == 0
+        paths.append(root / f"m{seed}.onnx")
+    other = onnx.load(str(paths[0]))
+    for prop in other.metadata_props:
+        if prop.key == "lumen.hop_samples":
+            prop.value = str(WINDOW // 4)
+    onnx.save_model(other, root / "other_hop.onnx")
+    return [*paths, root / "other_hop.onnx"]
+
+
+@pytest.fixture(scope="module")
+def val_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """irmastrain layout, two files per instrument, lengths from a fraction of a window to three windows."""
+    root = tmp_path_factory.mktemp("val")
+    rng = np.random.default_rng(0)
+    for i, code in enumerate(LABELS):
+        (root / code).mkdir()
+        for k in range(2):
+            audio = chord(float(rng.uniform(0.2, 1.5))) * (0.3 + 0.05 * i)
+            audio = audio + 0.01 * rng.standard_normal(audio.shape).astype(np.float32)
+            sf.write(root / code / f"{code}_{k}.wav", audio, SR)
+    return root
+
+
+def test_ensemble_is_the_members_mean_with_thresholds_tuned_on_validation(
+    members: list[Path], val_dir: Path, tmp_path: Path
+) -> None:
+    a, b, _ = members
+    out = tmp_path / "ens.onnx"
+    status, stdout, _ = run_cli([str(a), str(b), "--val-paths", f"irmastrain:{val_dir}", "--out", str(out)])
+    assert status == 0, stdout
+    assert "parity ok" in stdout and "validation, 22 files" in stdout
+
+    # Window level: probs are the mean of the members', logits their logit; served by the runtime as is.
+    windows = np.random.default_rng(3).uniform(-1, 1, (5, WINDOW)).astype(np.float32)
+    ensemble, model_a, model_b = OnnxModel(out), OnnxModel(a), OnnxModel(b)
+    expected = (model_a.run(windows) + model_b.run(windows)) / 2
+    assert not np.allclose(model_a.run(windows), model_b.run(windows), atol=1e-3)  # the members differ
+    np.testing.assert_allclose(ensemble.run(windows), expected, atol=1e-6)
+    graph = onnx.load(str(out))
+    assert [o.name for o in graph.graph.output] == ["probs", "logits"]
+
+    # Thresholds: what tune_thresholds gives on the file-level mean of the members, computed here
+    # through the serving evaluation path (independent of the ensemble code).
+    items = scan_dataset(f"irmastrain:{val_dir}")[0]
+    truth = np.stack([item.labels for item in items]).astype(bool)
+    file_probs = [
+        np.stack([r.probs for r in predict_files(OnnxPredictor(path), items, num_workers=0)])
+        for path in (a, b)
+    ]
+    meta = metadata_from_props({p.key: p.value for p in graph.metadata_props}, source=str(out))
+    np.testing.assert_allclose(
+        meta.thresholds, tune_thresholds(truth, np.mean(file_probs, axis=0)), atol=1e-5
+    )
+    assert meta.architecture == "ENSEMBLE(SMALL_CNN+SMALL_CNN)"
+    recorded = meta.training_config["ensemble_members"]
+    assert [m["file"] for m in recorded] == ["m0.onnx", "m1.onnx"]
+    assert len({m["sha256"] for m in recorded}) == 2
+    assert (meta.window_samples, meta.hop_samples) == (ensemble.metadata.window_samples, WINDOW // 2)
+    json.dumps(meta.training_config)  # plain data: it travels as JSON in metadata_props
+
+
+def test_members_that_cut_windows_differently_are_refused(
+    members: list[Path], val_dir: Path, tmp_path: Path
+) -> None:
+    a, _, c = members
+    out = tmp_path / "ens.onnx"
+    status, _, stderr = run_cli([str(a), str(c), "--val-paths", f"irmastrain:{val_dir}", "--out", str(out)])
+    assert status == 1
+    assert "hop_samples" in stderr and str(c) in stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("one", "at least 2 members"),
+        ("twice", "given twice"),
+        ("out_is_member", "is one of the members"),
+    ],
+)
+def test_usage_errors(members: list[Path], val_dir: Path, case: str, message: str) -> None:
+    a, b, _ = members
+    argv = {
+        "one": [str(a), "--out", "x.onnx"],
+        "twice": [str(a), str(a), "--out", "x.onnx"],
+        "out_is_member": [str(a), str(b), "--out", str(b)],
+    }[case] + ["--val-paths", f"irmastrain:{val_dir}"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(argv)
+    assert exit_info.value.code == 2
+
+
+def test_bad_inputs_fail_with_one_line(members: list[Path], val_dir: Path, tmp_path: Path) -> None:
+    a, b, _ = members
+    out = tmp_path / "e.onnx"
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_bytes(b"not a model")
+    status, _, stderr = run_cli(
+        [str(a), str(not_onnx), "--val-paths", f"irmastrain:{val_dir}", "--out", str(out)]
+    )
+    assert status == 1 and "not an ONNX file" in stderr and "Traceback" not in stderr
+
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    sf.write(unlabelled / "x.wav", chord(0.5), SR)
+    status, _, stderr = run_cli([str(a), str(b), "--val-paths", f"inference:{unlabelled}", "--out", str(out)])
+    assert status == 1 and "labelled" in stderr
+
+    partial = tmp_path / "partial"
+    (partial / "cel").mkdir(parents=True)
+    sf.write(partial / "cel" / "x.wav", chord(0.5), SR)
+    status, _, stderr = run_cli([str(a), str(b), "--val-paths", f"irmastrain:{partial}", "--out", str(out)])
+    assert status == 1 and "no example of cla" in stderr
+    assert not out.exists()
