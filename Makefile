@@ -80,22 +80,36 @@ DEMO_SYNTH = $(VENV)/bin/lumen-data synth --sample-rate 16000 --jobs 2
 DEMO_TRAIN_SYNTH = $(DEMO_SYNTH) $(foreach sf,$(DEMO_SOUNDFONTS),--soundfont $(sf))
 DEMO_TEST = $(VENV)/bin/lumen-test --model models/demo/lumen-demo.onnx --all-plots
 
+DEMO_VAL = irmastest:$(DEMO_DATA)/val irmastrain:$(DEMO_DATA)/val-isolated
+# One member's training; $(1): training specs, $(2): its run folder.
+DEMO_TRAIN = $(VENV)/bin/lumen-train --train-paths $(1) \
+	--val-paths $(DEMO_VAL) --model SMALL_CNN --audio-transform MEL_SPECTROGRAM --n-mels 64 \
+	--window-seconds 3.0 --hop-seconds 1.5 --augmentations SUM_N_SAMPLES COLOR_NOISE TIME_MASK FREQ_MASK SEVEN_BAND_EQ \
+	--aug-kwargs sum_n_samples_p=0.7 sum_n_samples_n=4 --epochs 20 --batch-size 32 --lr 1e-3 \
+	--lr-onecycle-max 4e-3 --nofinetune-head --cache-audio --num-workers 2 --seed 0 --output-dir $(2)
+VARIED = --variation varied --isolated-prob 0.35 --layout irmastrain --per-class 300
+
+# Three SMALL_CNN members trained on three renders of the data, averaged by lumen-ensemble:
+#   a: varied (seeds 0, 7) + dry; b: the same with 60 % of electric guitars through an amplifier rig
+#   (--amp-prob 0.6); c: a third varied half (seed 11) on top of a's data.
 demo-model: setup
 	@for sf in $(DEMO_SOUNDFONTS) $(DEMO_HELDOUT_SOUNDFONT); do [ -f $$sf ] || { echo "missing $$sf: apt-get install -y $(DEMO_APT)"; exit 1; }; done
 	rm -rf $(DEMO_DATA) $(DEMO_RUNS)
-	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 0.35 --out $(DEMO_DATA)/train-varied --layout irmastrain --per-class 300 --seed 0
-	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 0.35 --out $(DEMO_DATA)/train-varied-b --layout irmastrain --per-class 300 --seed 7
+	$(DEMO_TRAIN_SYNTH) $(VARIED) --out $(DEMO_DATA)/train-varied --seed 0
+	$(DEMO_TRAIN_SYNTH) $(VARIED) --out $(DEMO_DATA)/train-varied-b --seed 7
+	$(DEMO_TRAIN_SYNTH) $(VARIED) --out $(DEMO_DATA)/train-varied-c --seed 11
+	$(DEMO_TRAIN_SYNTH) $(VARIED) --amp-prob 0.6 --out $(DEMO_DATA)/train-amp --seed 0
+	$(DEMO_TRAIN_SYNTH) $(VARIED) --amp-prob 0.6 --out $(DEMO_DATA)/train-amp-b --seed 7
 	$(DEMO_TRAIN_SYNTH) --variation dry --out $(DEMO_DATA)/train-dry --layout irmastrain --per-class 300 --seed 5
 	$(DEMO_TRAIN_SYNTH) --variation varied --out $(DEMO_DATA)/val --layout irmastest --per-class 40 --seed 1 --min-seconds 5 --max-seconds 10
 	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 1 --out $(DEMO_DATA)/val-isolated --layout irmastrain --per-class 10 --seed 6
 	$(DEMO_SYNTH) --soundfont $(DEMO_HELDOUT_SOUNDFONT) --variation varied --out $(DEMO_DATA)/heldout-soundfont \
 		--layout irmastest --per-class 30 --seed 3 --min-seconds 5 --max-seconds 10
 	bash benchmarks/real_samples.sh $(DEMO_DATA)/real
-	$(VENV)/bin/lumen-train --train-paths irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-varied-b irmastrain:$(DEMO_DATA)/train-dry \
-		--val-paths irmastest:$(DEMO_DATA)/val irmastrain:$(DEMO_DATA)/val-isolated --model SMALL_CNN --audio-transform MEL_SPECTROGRAM --n-mels 64 \
-		--window-seconds 3.0 --hop-seconds 1.5 --augmentations SUM_N_SAMPLES COLOR_NOISE TIME_MASK FREQ_MASK SEVEN_BAND_EQ \
-		--aug-kwargs sum_n_samples_p=0.7 sum_n_samples_n=4 --epochs 20 --batch-size 32 --lr 1e-3 \
-		--lr-onecycle-max 4e-3 --nofinetune-head --cache-audio --num-workers 2 --seed 0 --output-dir $(DEMO_RUNS)
-	$(VENV)/bin/lumen-export $(DEMO_RUNS)/*/checkpoints/best.ckpt --out models/demo/lumen-demo.onnx
+	$(call DEMO_TRAIN,irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-varied-b irmastrain:$(DEMO_DATA)/train-dry,$(DEMO_RUNS)/a)
+	$(call DEMO_TRAIN,irmastrain:$(DEMO_DATA)/train-amp irmastrain:$(DEMO_DATA)/train-amp-b irmastrain:$(DEMO_DATA)/train-dry,$(DEMO_RUNS)/b)
+	$(call DEMO_TRAIN,irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-varied-b irmastrain:$(DEMO_DATA)/train-varied-c irmastrain:$(DEMO_DATA)/train-dry,$(DEMO_RUNS)/c)
+	for m in a b c; do $(VENV)/bin/lumen-export $(DEMO_RUNS)/$$m/*/checkpoints/best.ckpt --out $(DEMO_RUNS)/$$m.onnx || exit 1; done
+	$(VENV)/bin/lumen-ensemble $(DEMO_RUNS)/a.onnx $(DEMO_RUNS)/b.onnx $(DEMO_RUNS)/c.onnx --val-paths $(DEMO_VAL) --out models/demo/lumen-demo.onnx
 	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/heldout-soundfont --out-dir $(DEMO_RUNS)/heldout-soundfont
 	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/real --out-dir $(DEMO_RUNS)/real
