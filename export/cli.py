@@ -38,11 +38,13 @@ from export.verify import (
     check_parity,
     onnx_runners,
     parity_inputs,
+    print_parity,
     torch_runner,
 )
 from training.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 
 DEFAULT_BATCH_HINT = 2
+REFERENCE = "the PyTorch model (float32, eager)"
 
 
 @dataclass(frozen=True)
@@ -196,16 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             audio_windows=windows,
         )
     except ParityError as exc:
-        print("parity vs the PyTorch model (float32, eager):")
-        print("\n".join(exc.report.lines()))
+        print_parity(exc.report, REFERENCE)
         print(f"lumen-export: error: {exc}; {out} was not written", file=sys.stderr)
         return 1
     except (CheckpointError, ExportError, ArtifactError, AudioError) as exc:
         print(f"lumen-export: error: {exc}", file=sys.stderr)
         return 1
     if result.parity is not None:
-        print("parity vs the PyTorch model (float32, eager):")
-        print("\n".join(result.parity.lines()))
+        print_parity(result.parity, REFERENCE)
     else:
         print("parity check skipped (--no-verify)")
     print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")

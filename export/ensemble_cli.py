@@ -45,9 +45,18 @@ from export.ensemble import (
     with_metadata,
 )
 from export.onnx import read_onnx_metadata
-from export.verify import FP32_TOLERANCE, ParityError, ParityReport, check_parity, onnx_runners, parity_inputs
+from export.verify import (
+    FP32_TOLERANCE,
+    ParityError,
+    ParityReport,
+    check_parity,
+    onnx_runners,
+    parity_inputs,
+    print_parity,
+)
 
 SUMMARY = ("f1_macro", "f1_micro", "lrap", "top1")
+REFERENCE = "the members' mean (ONNX Runtime, each member on its own)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,8 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = check_parity(_mean_of_members(members), onnx_runners(tmp), inputs, FP32_TOLERANCE)
             size = tmp.stat().st_size
     except ParityError as exc:
-        print("parity vs the members' mean (ONNX Runtime, each member on its own):")
-        print("\n".join(exc.report.lines()))
+        print_parity(exc.report, REFERENCE)
         print(f"lumen-ensemble: error: {exc}; {args.out} was not written", file=sys.stderr)
         return 1
     except (ExportError, ArtifactError, AudioError, DatasetError) as exc:
@@ -167,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "thresholds: " + ", ".join(f"{c} {t:.2f}" for c, t in zip(meta.labels, meta.thresholds, strict=True))
     )
-    print("parity vs the members' mean (ONNX Runtime, each member on its own):")
-    print("\n".join(report.lines()))
+    print_parity(report, REFERENCE)
     print(
         f"wrote {args.out} ({size / 1e6:.1f} MB, {meta.architecture}) in {time.perf_counter() - started:.1f} s"
     )

@@ -65,6 +65,12 @@ class ParityReport:
         return out
 
 
+def print_parity(report: ParityReport, reference: str) -> None:
+    """The report as the export commands print it, passed or failed: one line per case, then the verdict."""
+    print(f"parity vs {reference}:")
+    print("\n".join(report.lines()))
+
+
 class ParityError(ExportError):
     """The artifact's outputs differ from the PyTorch model's beyond the tolerance."""
 
