@@ -96,7 +96,7 @@ def main() -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
-    normalize = bool(meta.training_config.get("normalize_audio", False))
+    normalize = meta.normalize_audio
     t0 = time.perf_counter()
     val_rows = [row for spec in args.val for row in window_outputs(session, meta, spec, normalize)]
     evals = {}

@@ -50,6 +50,15 @@ class ArtifactMetadata(msgspec.Struct, kw_only=True, frozen=True):
     def hop_seconds(self) -> float:
         return self.hop_samples / self.sample_rate
 
+    @property
+    def normalize_audio(self) -> bool:
+        """Whether files are peak-normalised before windowing, as the model was trained.
+
+        The training config travels with the artifact (and the checkpoint); a model trained on
+        normalised audio must be evaluated on normalised audio, or its scores drift with file loudness.
+        """
+        return bool(self.training_config.get("normalize_audio", False))
+
     def validate(self) -> ArtifactMetadata:
         """Raise :class:`ArtifactError` naming the first bad field; return self when valid."""
         if not self.labels:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +30,22 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from common.artifact import INPUT_NAME, LOGITS_NAME, OUTPUT_NAME, ArtifactError, ArtifactMetadata
+from common.artifact import (
+    INPUT_NAME,
+    LOGITS_NAME,
+    OUTPUT_NAME,
+    ArtifactError,
+    ArtifactMetadata,
+    metadata_from_props,
+)
 from common.audio import AudioError, aggregate, load_audio, split_windows
 from common.datasets import scan_dataset
 from common.labels import index_of
 from common.metrics import compute_metrics, tune_thresholds
 from common.version import __version__
 from export.artifact import ExportError
-from export.onnx import MAX_PROTO_BYTES, graph_problems, read_onnx_metadata
+from export.onnx import MAX_PROTO_BYTES, graph_problems
+from training.checkpoint import sha256_of
 
 LOGIT_EPS = 1e-7
 MEMBER_PREFIX = "m{}/"
@@ -59,12 +66,13 @@ def load_member(path: Path) -> Member:
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
     try:
-        metadata = read_onnx_metadata(path)
         model = onnx.load(str(path), load_external_data=False)
-    except ArtifactError as exc:
-        raise ExportError(f"{path}: not a lumen artifact ({exc})") from None
     except Exception as exc:  # protobuf's DecodeError and friends: the file is not ONNX at all
         raise ExportError(f"{path}: not an ONNX file ({type(exc).__name__})") from None
+    try:  # parsed and validated exactly as serving parses it (export.onnx.read_onnx_metadata)
+        metadata = metadata_from_props({p.key: p.value for p in model.metadata_props}, source=str(path))
+    except ArtifactError as exc:
+        raise ExportError(f"{path}: not a lumen artifact ({exc})") from None
     outputs = [o.name for o in model.graph.output]
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
@@ -72,7 +80,7 @@ def load_member(path: Path) -> Member:
             f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, found inputs {inputs}, "
             f"outputs {outputs}"
         )
-    return Member(path, model, metadata, hashlib.sha256(path.read_bytes()).hexdigest())
+    return Member(path, model, metadata, sha256_of(path))
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -89,8 +97,7 @@ def check_compatible(members: Sequence[Member]) -> None:
             a, b = getattr(first.metadata, field), getattr(other.metadata, field)
             if a != b:
                 raise ExportError(f"{other.path}: {field} {b} differs from {first.path}'s {a}")
-        a_norm = bool(first.metadata.training_config.get("normalize_audio", False))
-        b_norm = bool(other.metadata.training_config.get("normalize_audio", False))
+        a_norm, b_norm = first.metadata.normalize_audio, other.metadata.normalize_audio
         if a_norm != b_norm:
             raise ExportError(
                 f"{other.path}: normalize_audio {b_norm} differs from {first.path}'s {a_norm}; "
@@ -243,7 +250,6 @@ def tune_on(
     items = [item for spec in specs for item in scan_dataset(spec)[0]]
     if not items:
         raise ExportError(f"no labelled audio in {' '.join(specs)}")
-    normalize = bool(meta.training_config.get("normalize_audio", False))
     columns = np.array([index_of(code) for code in meta.labels])
     probs: list[list[np.ndarray]] = []  # per file, per output
     truth: list[np.ndarray] = []
@@ -253,7 +259,7 @@ def tune_on(
         raise ExportError(f"{unlabelled[0]}: thresholds are tuned on labelled files; this one has no labels")
     for done, item in enumerate(items, 1):
         try:
-            audio = load_audio(item.path, meta.sample_rate, normalize=normalize)
+            audio = load_audio(item.path, meta.sample_rate, normalize=meta.normalize_audio)
         except AudioError as exc:
             skipped[str(item.path)] = str(exc)
             continue

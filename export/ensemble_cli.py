@@ -35,6 +35,7 @@ from common.audio import AudioError
 from common.datasets import DatasetError
 from export.artifact import ExportError, atomic_output
 from export.ensemble import (
+    LOGIT_EPS,
     MEMBER_PREFIX,
     Member,
     ensemble_metadata,
@@ -86,7 +87,7 @@ def _mean_of_members(members: Sequence[Member]):  # noqa: ANN202 - a Runner
 
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs = np.mean([s.run([OUTPUT_NAME], {INPUT_NAME: batch})[0] for s in sessions], axis=0)
-        clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+        clipped = np.clip(probs, LOGIT_EPS, 1 - LOGIT_EPS)
         return probs.astype(np.float32), np.log(clipped / (1 - clipped)).astype(np.float32)
 
     return run

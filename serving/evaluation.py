@@ -53,12 +53,8 @@ class Predictor(Protocol):
 
 
 def normalize_audio(metadata: ArtifactMetadata) -> bool:
-    """Whether files are peak-normalised before windowing, as the model was trained.
-
-    The training config travels with the artifact (and the checkpoint); a model trained on
-    normalised audio must be evaluated on normalised audio, or its scores drift with file loudness.
-    """
-    return bool(metadata.training_config.get("normalize_audio", False))
+    """Whether files are peak-normalised before windowing (:attr:`ArtifactMetadata.normalize_audio`)."""
+    return metadata.normalize_audio
 
 
 class OnnxPredictor:

@@ -50,6 +50,34 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [*paths, root / "other_hop.onnx"]
 
 
+def test_members_that_normalise_differently_are_refused(
+    members: list[Path], val_dir: Path, tmp_path: Path
+) -> None:
+    """A copy of a member whose training config says it was trained on files as they are (not peak-normalised)."""
+    a, b, _ = members
+    flipped = onnx.load(str(a))
+    for prop in flipped.metadata_props:
+        if prop.key == "lumen.training_config":
+            config = json.loads(prop.value)
+            assert config["normalize_audio"] is True  # lumen-train's default
+            prop.value = json.dumps({**config, "normalize_audio": False})
+    onnx.save_model(flipped, tmp_path / "normalised.onnx")
+    meta = metadata_from_props({p.key: p.value for p in flipped.metadata_props})
+    assert not meta.normalize_audio and OnnxModel(a).metadata.normalize_audio
+    out = tmp_path / "ens.onnx"
+    argv = [
+        str(b),
+        str(tmp_path / "normalised.onnx"),
+        "--val-paths",
+        f"irmastrain:{val_dir}",
+        "--out",
+        str(out),
+    ]
+    status, _, stderr = run_cli(argv)
+    assert status == 1 and "normalize_audio False differs" in stderr
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def val_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """irmastrain layout, two files per instrument, lengths from a fraction of a window to three windows."""
@@ -119,6 +147,7 @@ def test_members_that_cut_windows_differently_are_refused(
         ("one", "at least 2 members"),
         ("twice", "given twice"),
         ("out_is_member", "is one of the members"),
+        ("batch_zero", "--batch-size must be >= 1"),
     ],
 )
 def test_usage_errors(members: list[Path], val_dir: Path, case: str, message: str) -> None:
@@ -127,10 +156,13 @@ def test_usage_errors(members: list[Path], val_dir: Path, case: str, message: st
         "one": [str(a), "--out", "x.onnx"],
         "twice": [str(a), str(a), "--out", "x.onnx"],
         "out_is_member": [str(a), str(b), "--out", str(b)],
+        "batch_zero": [str(a), str(b), "--out", "x.onnx", "--batch-size", "0"],
     }[case] + ["--val-paths", f"irmastrain:{val_dir}"]
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(argv)
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(err):
+        main(argv)
     assert exit_info.value.code == 2
+    assert message in err.getvalue()
 
 
 def test_bad_inputs_fail_with_one_line(members: list[Path], val_dir: Path, tmp_path: Path) -> None:
@@ -142,6 +174,29 @@ def test_bad_inputs_fail_with_one_line(members: list[Path], val_dir: Path, tmp_p
         [str(a), str(not_onnx), "--val-paths", f"irmastrain:{val_dir}", "--out", str(out)]
     )
     assert status == 1 and "not an ONNX file" in stderr and "Traceback" not in stderr
+
+    status, _, stderr = run_cli(
+        [str(a), str(tmp_path / "absent.onnx"), "--val-paths", f"irmastrain:{val_dir}", "--out", str(out)]
+    )
+    assert status == 1 and "absent.onnx: no such file" in stderr
+
+    foreign = onnx.load(str(b))
+    del foreign.metadata_props[:]  # a valid ONNX model that lumen-export did not write
+    onnx.save_model(foreign, tmp_path / "foreign.onnx")
+    status, _, stderr = run_cli(
+        [str(a), str(tmp_path / "foreign.onnx"), "--val-paths", f"irmastrain:{val_dir}", "--out", str(out)]
+    )
+    assert status == 1 and "not a lumen artifact" in stderr
+
+    status, _, stderr = run_cli(
+        [str(a), str(b), "--val-paths", f"irmastrain:{val_dir}", "--out", str(tmp_path / "no" / "e.onnx")]
+    )
+    assert status == 1 and "does not exist" in stderr
+
+    status, _, stderr = run_cli(
+        [str(a), str(b), "--val-paths", f"irmastrain:{tmp_path / 'nowhere'}", "--out", str(out)]
+    )
+    assert status == 1 and "nowhere" in stderr and "Traceback" not in stderr
 
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
