@@ -6,7 +6,8 @@ VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 EXTRAS ?= cpu,train,synth,ray,dev
 # chromium + chromium-driver: the headless browser test of the web page (tests/test_web.py).
-APT_PACKAGES := fluidsynth timgm6mb-soundfont chromium chromium-driver
+# timidity + freepats: the TiMidity++ sample source of lumen-data synth (tests/test_synth_timidity.py).
+APT_PACKAGES := fluidsynth timgm6mb-soundfont chromium chromium-driver timidity freepats
 # loadgroup: tests marked xdist_group (the Ray ones) share one worker, hence one local Ray.
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
@@ -14,12 +15,13 @@ PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 apt:
 	@if command -v fluidsynth >/dev/null 2>&1 && [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] \
-		&& [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null 2>&1; then :; \
+		&& [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null 2>&1 \
+		&& command -v timidity >/dev/null 2>&1 && [ -f /etc/timidity/freepats.cfg ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	else \
-		echo "FluidSynth, a General-MIDI soundfont or Chromium are missing (needed by lumen-data synth, the web page test). Run:"; \
+		echo "FluidSynth, a General-MIDI soundfont, TiMidity++/FreePats or Chromium are missing (needed by lumen-data synth, the web page test). Run:"; \
 		echo "  sudo apt-get install -y $(APT_PACKAGES)"; \
 	fi
 

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--soundfont",
         action="append",
-        help="a .sf2/.sf3 General-MIDI soundfont; repeat to draw one at random per track",
+        help="a .sf2/.sf3 General-MIDI soundfont (FluidSynth) or a TiMidity++ .cfg patch set "
+        "(/etc/timidity/freepats.cfg, rendered with timidity); repeat to draw one at random per track",
     )
     synth.add_argument("--sample-rate", type=int, default=44100, help="Hz (IRMAS: 44100)")
     synth.add_argument("--min-seconds", type=float, default=5.0, help="irmastest/csv excerpt length, minimum")

@@ -32,11 +32,12 @@ from rich.text import Text
 
 from common.labels import LABELS
 from training.synth.acoustics import record
-from training.synth.compose import compose, isolate
+from training.synth.compose import Piece, compose, isolate
 from training.synth.effects import guitar_rig
 from training.synth.expression import add_pitch_expression
 from training.synth.layouts import LAYOUTS, PlanOptions, Track, dataset_spec, plan, write_csv, write_sidecar
 from training.synth.render import FluidRenderer, SynthError, find_soundfonts, import_fluidsynth, mix
+from training.synth.timidity import TimidityRenderer, find_timidity, is_timidity_config
 from training.synth.variation import DRY, Variation
 
 BATCH_TRACKS = 16
@@ -116,7 +117,11 @@ def synthesize(
         raise SynthError(str(exc)) from None
     _validate(layout, per_class, sample_rate, min_seconds, max_seconds, drums_prob, jobs)
     fonts = find_soundfonts(soundfonts)
-    import_fluidsynth()  # fail before creating any folder
+    # Fail before creating any folder: FluidSynth for soundfonts, timidity for .cfg patch sets.
+    if not all(is_timidity_config(f) for f in fonts):
+        import_fluidsynth()
+    if any(is_timidity_config(f) for f in fonts):
+        find_timidity()
     root = Path(out_dir).expanduser()
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise SynthError(f"{root}: output folder exists and is not empty; choose a new or empty folder")
@@ -166,7 +171,7 @@ def render_batch(
 ) -> None:
     """Render and write one batch of tracks with one fresh synth (runs in a worker when jobs > 1)."""
     fonts = sorted({t.soundfont for t in batch})
-    with FluidRenderer(sample_rate, fonts) as renderer:
+    with Renderers(sample_rate, fonts) as renderer:
         for track in batch:
             for rel, clip in zip(track.outputs, render_track(renderer, track), strict=True):
                 sf.write(root / rel, clip, sample_rate, subtype="PCM_16")
@@ -174,7 +179,7 @@ def render_batch(
                 on_track(len(track.outputs))
 
 
-def render_track(renderer: FluidRenderer, track: Track) -> list[np.ndarray]:
+def render_track(renderer: Renderers, track: Track) -> list[np.ndarray]:
     """The clips of one track: compose, render stems, mix, drop the pre-roll, cut, normalise."""
     rng = np.random.default_rng(track.seed)
     sr, variation = renderer.sample_rate, track.variation
@@ -215,6 +220,37 @@ def render_track(renderer: FluidRenderer, track: Track) -> list[np.ndarray]:
             )
         clips.append((clip * (float(rng.uniform(variation.min_peak, PEAK_MAX)) / peak)).astype(np.float32))
     return clips
+
+
+class Renderers:
+    """One ``render(piece, source)`` over FluidSynth (``.sf2``/``.sf3``) and TiMidity++ (``.cfg``) sources."""
+
+    def __init__(self, sample_rate: int, sources: Sequence[Path]) -> None:
+        self.sample_rate = sample_rate
+        fonts = [s for s in sources if not is_timidity_config(s)]
+        configs = [s for s in sources if is_timidity_config(s)]
+        self._fluid = FluidRenderer(sample_rate, fonts) if fonts else None
+        try:
+            self._timidity = TimidityRenderer(sample_rate, configs) if configs else None
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Renderers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for renderer in (self._fluid, getattr(self, "_timidity", None)):
+            if renderer is not None:
+                renderer.close()
+
+    def render(self, piece: Piece, source: Path) -> list[np.ndarray]:
+        renderer = self._timidity if is_timidity_config(source) else self._fluid
+        assert renderer is not None, f"{source} was not among the sources this renderer opened"
+        return renderer.render(piece, source)
 
 
 class _RateColumn(ProgressColumn):
