@@ -240,6 +240,31 @@ def test_pitch_scales_frequency_and_keeps_duration(semitones: float) -> None:
     assert out[:, T // 10 : -T // 10].abs().unfold(1, 200, 200).amax(dim=2).min() > 0.9
 
 
+@pytest.mark.parametrize("semitones", [-2.0, 2.0])
+def test_speed_scales_frequency_and_tempo(semitones: float) -> None:
+    """Frequencies scale by the ratio; slower keeps sound to the end, faster ends in 1 - 1/ratio of zeros."""
+    wave = tones([440.0, 600.0])
+    kwargs = {"speed_p": 1.0, "speed_semitone_range": semitones}
+    out, _ = build_augmentations(["SPEED"], kwargs, SR).waveform(wave, torch.zeros(2, N_LABELS))
+    assert out.shape == wave.shape
+    ratio = 2 ** (semitones / 12)
+    played = min(T, int(T / ratio))
+    for i, f in enumerate([440.0, 600.0]):
+        spectrum = torch.fft.rfft(out[i, : played - 1]).abs()
+        peak_hz = float(spectrum.argmax()) * SR / (played - 1)
+        assert abs(peak_hz - f * ratio) <= 2
+    assert out[:, played - 200 : played - 1].abs().amax() > 0.5  # sound up to where the source ends
+    assert bool((out[:, played + 1 :] == 0).all())  # then zeros (none when slower: played == T)
+    assert (played < T) == (semitones > 0)
+
+
+def test_speed_at_zero_semitones_or_p0_is_the_identity() -> None:
+    wave, labels = make_batch()
+    for kwargs in ({"speed_p": 1.0, "speed_semitone_range": 0.0}, {"speed_p": 0.0}):
+        out, _ = build_augmentations(["SPEED"], kwargs, SR).waveform(wave, labels)
+        assert torch.allclose(out, wave, atol=1e-6)
+
+
 @pytest.mark.parametrize("color", ["white", "pink", "brown"])
 def test_color_noise_snr_in_range_and_spectral_slope(color: str) -> None:
     wave, labels = make_batch()

@@ -62,6 +62,7 @@ AUGMENTATIONS: tuple[str, ...] = (
     "TIME_STRETCH",
     "TIME_SHIFT",
     "PITCH",
+    "SPEED",
     "COLOR_NOISE",
     "TIMEINV",
     "TIME_MASK",

@@ -100,6 +100,14 @@ class Pitch:
 
 
 @dataclass(frozen=True)
+class Speed:
+    """SPEED: play faster or slower (resampling): pitch, formants and tempo all scale together."""
+
+    p: float = _doc(0.5, "probability that an example's speed is changed")
+    semitone_range: Range = _doc((-2.0, 2.0), "speed change in semitones (ratio 2**(s/12)), drawn uniformly")
+
+
+@dataclass(frozen=True)
 class ColorNoise:
     """COLOR_NOISE: add synthetic coloured Gaussian noise at a random SNR."""
 
@@ -182,6 +190,7 @@ PARAMS: dict[str, type] = {
     "TIME_STRETCH": TimeStretch,
     "TIME_SHIFT": TimeShift,
     "PITCH": Pitch,
+    "SPEED": Speed,
     "COLOR_NOISE": ColorNoise,
     "TIMEINV": TimeInv,
     "TIME_MASK": TimeMask,

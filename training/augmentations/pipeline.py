@@ -28,6 +28,7 @@ MIXING_ORDER: tuple[str, ...] = ("CONCAT_N_SAMPLES", "SUM_N_SAMPLES", "SUM_TWO_S
 WAVEFORM_ORDER: tuple[str, ...] = (
     "TIME_STRETCH",
     "PITCH",
+    "SPEED",
     "TIME_SHIFT",
     "SEVEN_BAND_EQ",
     "CLIPPING",
@@ -70,6 +71,8 @@ def _waveform_step(name: str, params: Any, sample_rate: int) -> Step:
                 p=params.p,
                 semitone_range=params.semitone_range,
             )
+        case "SPEED":
+            return partial(time_domain.speed, p=params.p, semitone_range=params.semitone_range)
         case "TIME_SHIFT":
             return partial(
                 time_domain.time_shift, p=params.p, max_fraction=params.max_fraction, mode=params.mode
