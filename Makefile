@@ -77,7 +77,10 @@ DEMO_RUNS ?= models/demo-runs
 SF2 := /usr/share/sounds/sf2
 DEMO_SOUNDFONTS := $(SF2)/TimGM6mb.sf2 $(SF2)/FluidR3_GM.sf2 /usr/share/sounds/sf3/MuseScore_General.sf3
 DEMO_HELDOUT_SOUNDFONT := $(SF2)/sf_GMbank.sf2
-DEMO_APT := timgm6mb-soundfont fluid-soundfont-gm musescore-general-soundfont csound-soundfont
+DEMO_APT := timgm6mb-soundfont fluid-soundfont-gm musescore-general-soundfont csound-soundfont timidity freepats
+# FreePats (GUS patches via TiMidity++): a sample source training never hears; its tuning half joins
+# the ensemble's threshold tuning (models/demo/MODEL_CARD.md, eighth sitting).
+DEMO_FREEPATS := /etc/timidity/freepats.cfg
 DEMO_SYNTH = $(VENV)/bin/lumen-data synth --sample-rate 16000 --jobs 2
 DEMO_TRAIN_SYNTH = $(DEMO_SYNTH) $(foreach sf,$(DEMO_SOUNDFONTS),--soundfont $(sf))
 DEMO_TEST = $(VENV)/bin/lumen-test --model models/demo/lumen-demo.onnx --all-plots
@@ -95,7 +98,7 @@ VARIED = --variation varied --isolated-prob 0.35 --layout irmastrain --per-class
 #   a: varied (seeds 0, 7) + dry; b: the same with 60 % of electric guitars through an amplifier rig
 #   (--amp-prob 0.6); c: a third varied half (seed 11) on top of a's data.
 demo-model: setup
-	@for sf in $(DEMO_SOUNDFONTS) $(DEMO_HELDOUT_SOUNDFONT); do [ -f $$sf ] || { echo "missing $$sf: apt-get install -y $(DEMO_APT)"; exit 1; }; done
+	@for sf in $(DEMO_SOUNDFONTS) $(DEMO_HELDOUT_SOUNDFONT) $(DEMO_FREEPATS); do [ -f $$sf ] || { echo "missing $$sf: apt-get install -y $(DEMO_APT)"; exit 1; }; done
 	rm -rf $(DEMO_DATA) $(DEMO_RUNS)
 	$(DEMO_TRAIN_SYNTH) $(VARIED) --out $(DEMO_DATA)/train-varied --seed 0
 	$(DEMO_TRAIN_SYNTH) $(VARIED) --out $(DEMO_DATA)/train-varied-b --seed 7
@@ -107,11 +110,16 @@ demo-model: setup
 	$(DEMO_TRAIN_SYNTH) --variation varied --isolated-prob 1 --out $(DEMO_DATA)/val-isolated --layout irmastrain --per-class 10 --seed 6
 	$(DEMO_SYNTH) --soundfont $(DEMO_HELDOUT_SOUNDFONT) --variation varied --out $(DEMO_DATA)/heldout-soundfont \
 		--layout irmastest --per-class 30 --seed 3 --min-seconds 5 --max-seconds 10
+	$(DEMO_SYNTH) --soundfont $(DEMO_FREEPATS) --variation varied --out $(DEMO_DATA)/fp-tune --layout irmastest \
+		--per-class 30 --seed 21 --min-seconds 5 --max-seconds 10
+	$(DEMO_SYNTH) --soundfont $(DEMO_FREEPATS) --variation varied --isolated-prob 1 --out $(DEMO_DATA)/fp-tune-isolated \
+		--layout irmastrain --per-class 10 --seed 26
 	bash benchmarks/real_samples.sh $(DEMO_DATA)/real
 	$(call DEMO_TRAIN,irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-varied-b irmastrain:$(DEMO_DATA)/train-dry,$(DEMO_RUNS)/a)
 	$(call DEMO_TRAIN,irmastrain:$(DEMO_DATA)/train-amp irmastrain:$(DEMO_DATA)/train-amp-b irmastrain:$(DEMO_DATA)/train-dry,$(DEMO_RUNS)/b)
 	$(call DEMO_TRAIN,irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-varied-b irmastrain:$(DEMO_DATA)/train-varied-c irmastrain:$(DEMO_DATA)/train-dry,$(DEMO_RUNS)/c)
 	for m in a b c; do $(VENV)/bin/lumen-export $(DEMO_RUNS)/$$m/*/checkpoints/best.ckpt --out $(DEMO_RUNS)/$$m.onnx || exit 1; done
-	$(VENV)/bin/lumen-ensemble $(DEMO_RUNS)/a.onnx $(DEMO_RUNS)/b.onnx $(DEMO_RUNS)/c.onnx --val-paths $(DEMO_VAL) --out models/demo/lumen-demo.onnx
+	$(VENV)/bin/lumen-ensemble $(DEMO_RUNS)/a.onnx $(DEMO_RUNS)/b.onnx $(DEMO_RUNS)/c.onnx --val-paths $(DEMO_VAL) \
+		irmastest:$(DEMO_DATA)/fp-tune irmastrain:$(DEMO_DATA)/fp-tune-isolated --out models/demo/lumen-demo.onnx
 	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/heldout-soundfont --out-dir $(DEMO_RUNS)/heldout-soundfont
 	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/real --out-dir $(DEMO_RUNS)/real
