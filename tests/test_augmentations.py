@@ -22,7 +22,8 @@ from training.augmentations import (
     valid_keys,
 )
 from training.augmentations.params import COLOR_EXPONENTS, key_of
-from training.augmentations.pipeline import MIXING_ORDER, SPECTROGRAM_ORDER, WAVEFORM_ORDER
+from training.augmentations.pipeline import MASKING_ORDER, MIXING_ORDER, SPECTROGRAM_ORDER, WAVEFORM_ORDER
+from training.augmentations.spectrogram import shift_bins, spectral_envelope
 from training.augmentations.time_domain import eq_centres
 from training.config import AUGMENTATIONS
 
@@ -103,7 +104,7 @@ def test_waveform_aug_at_p0_is_identity(name: str, noise_dir: Path) -> None:
     assert torch.equal(out, wave) and torch.equal(out_labels, labels)
 
 
-@pytest.mark.parametrize("name", SPECTROGRAM_ORDER)
+@pytest.mark.parametrize("name", MASKING_ORDER)
 def test_spectrogram_aug_p1_changes_and_p0_is_identity(name: str) -> None:
     torch.manual_seed(0)
     spec = torch.randn(4, 2, 32, 50, dtype=torch.float64)
@@ -155,13 +156,70 @@ def test_random_erase_is_a_rectangle_and_random_pixels_are_scattered() -> None:
 def test_spectrogram_augs_accept_3d_maps_and_pass_gradients_through_unmasked_cells() -> None:
     torch.manual_seed(0)
     spec = torch.randn(3, 32, 40, requires_grad=True)
-    pipeline = build_augmentations(list(SPECTROGRAM_ORDER), {}, SR)
+    pipeline = build_augmentations(list(MASKING_ORDER), {}, SR)
+    assert build_augmentations(list(SPECTROGRAM_ORDER), {}, SR).has_spectrogram
     assert pipeline.has_spectrogram and not build_augmentations(["TIMEINV"], {}, SR).has_spectrogram
     out = pipeline.spectrogram(spec)
     assert out.shape == spec.shape
     out.sum().backward()
     kept = out.detach() == spec.detach()
     assert spec.grad is not None and (spec.grad[kept] == 1).all()
+
+
+def envelope_and_harmonics(n_freq: int = 64, n_time: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth bump (a formant at bin 30) and a fast comb (harmonics every 4 bins), [1, 1, F, T] each."""
+    bins = torch.arange(n_freq, dtype=torch.float64)
+    envelope = 3.0 * torch.exp(-0.5 * ((bins - 30.0) / 6.0) ** 2)
+    comb = 0.5 * torch.cos(2 * math.pi * bins / 4.0)
+    return (
+        envelope[None, None, :, None].expand(1, 1, n_freq, n_time).clone(),
+        comb[None, None, :, None].expand(1, 1, n_freq, n_time).clone(),
+    )
+
+
+def test_envelope_shift_moves_the_formant_and_keeps_the_harmonics() -> None:
+    envelope, comb = envelope_and_harmonics()
+    spec = envelope + comb
+    smooth = spectral_envelope(spec, 12)
+    weights = torch.arange(64, dtype=torch.float64)
+    before = float((smooth[0, 0, :, 0] * weights).sum() / smooth[0, 0, :, 0].sum())
+    inner = slice(8, 56)  # the comb leaks into the envelope near the edges (no periodic extension)
+    assert torch.allclose(smooth[:, :, inner], envelope[:, :, inner], atol=0.05), "bump kept, comb dropped"
+    for shift in (3.0, -2.5):
+        kwargs = {"envelope_shift_p": 1.0, "envelope_shift_shift_range": shift}
+        out = build_augmentations(["ENVELOPE_SHIFT"], kwargs, SR).spectrogram(spec)
+        moved = spectral_envelope(out, 12)[0, 0, :, 0]
+        moved_by = float((moved * weights).sum() / moved.sum()) - before
+        assert abs(moved_by - shift) < 0.25, f"formant moved {moved_by:.2f} bins, expected {shift}"
+        fine = (out - spectral_envelope(out, 12))[0, 0, inner, 0]
+        assert torch.allclose(fine, comb[0, 0, inner, 0], atol=0.05), "harmonics stay in their bins"
+
+
+def test_envelope_shift_is_identity_at_zero_shift_or_p0_and_passes_gradients() -> None:
+    torch.manual_seed(0)
+    spec = torch.randn(4, 2, 40, 30, dtype=torch.float64)
+    for kwargs in ({"envelope_shift_p": 1.0, "envelope_shift_shift_range": 0.0}, {"envelope_shift_p": 0.0}):
+        out = build_augmentations(["ENVELOPE_SHIFT"], kwargs, SR).spectrogram(spec)
+        assert torch.allclose(out, spec, atol=1e-12)
+    out = build_augmentations(["ENVELOPE_SHIFT"], {"envelope_shift_p": 1.0}, SR).spectrogram(spec)
+    assert out.shape == spec.shape and out.dtype == spec.dtype
+    assert all(not torch.allclose(out[i], spec[i]) for i in range(4))
+    leaf = torch.randn(3, 32, 20, requires_grad=True)
+    build_augmentations(["ENVELOPE_SHIFT"], {"envelope_shift_p": 1.0}, SR).spectrogram(leaf).sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
+
+
+def test_shift_bins_moves_whole_and_fractional_bins_and_repeats_the_edge() -> None:
+    spec = torch.arange(10, dtype=torch.float64).view(1, 1, 10, 1)
+    up = shift_bins(spec, torch.tensor([2.0], dtype=torch.float64))[0, 0, :, 0]
+    assert up.tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    down = shift_bins(spec, torch.tensor([-0.5], dtype=torch.float64))[0, 0, :, 0]
+    assert down.tolist() == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9]
+
+
+def test_envelope_shift_rejects_no_coefficients() -> None:
+    with pytest.raises(AugmentationError, match="envelope_shift_n_coeffs"):
+        build_augmentations(["ENVELOPE_SHIFT"], {"envelope_shift_n_coeffs": 0}, SR)
 
 
 def test_timeinv_negates() -> None:

@@ -68,6 +68,7 @@ AUGMENTATIONS: tuple[str, ...] = (
     "TIME_MASK",
     "NORM_AFTER_TIME_AUGS",
     "FREQ_MASK",
+    "ENVELOPE_SHIFT",
     "RANDOM_ERASE",
     "RANDOM_PIXELS",
     "SEVEN_BAND_EQ",

@@ -166,6 +166,17 @@ class FreqMask:
 
 
 @dataclass(frozen=True)
+class EnvelopeShift:
+    """ENVELOPE_SHIFT: move the spectral envelope (formants, body resonances) up or down the feature bins, keep the harmonics."""
+
+    p: float = _doc(0.5, "probability that an example's envelope is shifted")
+    shift_range: Range = _doc((-3.0, 3.0), "shift in feature bins (fractional), drawn uniformly; + is up")
+    n_coeffs: int = _doc(
+        12, "DCT coefficients along the bins that make up the envelope (the rest is the fine structure)"
+    )
+
+
+@dataclass(frozen=True)
 class RandomErase:
     """RANDOM_ERASE: rectangles of the feature map set to the example's mean."""
 
@@ -196,6 +207,7 @@ PARAMS: dict[str, type] = {
     "TIME_MASK": TimeMask,
     "NORM_AFTER_TIME_AUGS": NormAfterTimeAugs,
     "FREQ_MASK": FreqMask,
+    "ENVELOPE_SHIFT": EnvelopeShift,
     "RANDOM_ERASE": RandomErase,
     "RANDOM_PIXELS": RandomPixels,
     "SEVEN_BAND_EQ": SevenBandEq,
@@ -338,7 +350,7 @@ def _problems(name: str, params: Any) -> list[tuple[str, str]]:
             found.append((f.name, "lo must not exceed hi"))
     if hasattr(params, "n") and params.n < 2:
         found.append(("n", "must be >= 2 (the example itself plus at least one other)"))
-    for count in ("n_masks", "n_rects"):
+    for count in ("n_masks", "n_rects", "n_coeffs"):
         if hasattr(params, count) and getattr(params, count) < 1:
             found.append((count, "must be >= 1"))
     if hasattr(params, "max_fraction") and not 0.0 < params.max_fraction <= 1.0:

@@ -37,7 +37,15 @@ WAVEFORM_ORDER: tuple[str, ...] = (
     "TIMEINV",
 )
 NORMALIZE = "NORM_AFTER_TIME_AUGS"
-SPECTROGRAM_ORDER: tuple[str, ...] = ("FREQ_MASK", "TIME_MASK", "RANDOM_ERASE", "RANDOM_PIXELS")
+SPECTROGRAM_ORDER: tuple[str, ...] = (
+    "ENVELOPE_SHIFT",
+    "FREQ_MASK",
+    "TIME_MASK",
+    "RANDOM_ERASE",
+    "RANDOM_PIXELS",
+)
+MASKING_ORDER: tuple[str, ...] = SPECTROGRAM_ORDER[1:]
+"""The spectrogram augmentations that set cells to the example's mean (all but ENVELOPE_SHIFT)."""
 ORDER: tuple[str, ...] = (*MIXING_ORDER, *WAVEFORM_ORDER, NORMALIZE, *SPECTROGRAM_ORDER)
 
 MixStep = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -101,6 +109,13 @@ def _waveform_step(name: str, params: Any, sample_rate: int) -> Step:
 
 def _spectrogram_step(name: str, params: Any) -> Step:
     match name:
+        case "ENVELOPE_SHIFT":
+            return partial(
+                spectrogram.envelope_shift,
+                p=params.p,
+                shift_range=params.shift_range,
+                n_coeffs=params.n_coeffs,
+            )
         case "FREQ_MASK":
             return partial(
                 spectrogram.freq_mask, p=params.p, n_masks=params.n_masks, max_fraction=params.max_fraction
@@ -164,9 +179,10 @@ class AugmentationPipeline:
         return wave, labels
 
     def spectrogram(self, spec: Tensor) -> Tensor:
-        """Front-end output ``[B, C, F, T]`` (or ``[B, F, T]``) -> masked copy of the same shape.
+        """Front-end output ``[B, C, F, T]`` (or ``[B, F, T]``) -> augmented copy of the same shape.
 
-        Not under ``no_grad``: unmasked cells pass gradients through to a trainable front-end.
+        Not under ``no_grad``: unmasked cells pass gradients through to a trainable front-end (the
+        envelope shift is linear in its input, so gradients pass through it too).
         """
         for step in self._spectrogram:
             spec = step(spec)

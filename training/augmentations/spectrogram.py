@@ -3,6 +3,13 @@
 Masked cells take the example's mean value rather than 0: the features are log-scaled, where 0 is a
 loud, arbitrary level, while the mean is what a model sees on average. Each example draws its own
 masks (SpecAugment's "iid masks"); the same mask covers every channel.
+
+ENVELOPE_SHIFT is not a mask: it splits each frame of the (log-scaled) map into a smooth envelope (the
+first DCT coefficients along the bins, as cepstral liftering does) and the fine structure (harmonics),
+moves the envelope by a fractional number of bins and adds the fine structure back. On a mel map that
+moves formants and body resonances while the harmonics stay where the pitch put them: a cello body a
+little larger or smaller, a trumpet bell brighter or darker, which resampling (SPEED) cannot do
+without moving the pitch too.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import torch
 from torch import Tensor
 
 from training.augmentations._random import chosen, per_example, uniform
+
+_DCT_CACHE: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 
 
 def _as_4d(spec: Tensor) -> Tensor:
@@ -76,3 +85,55 @@ def random_pixels(spec: Tensor, *, p: float, rate_range: tuple[float, float]) ->
     rate = uniform(*rate_range, (x.shape[0], 1, 1, 1), x.device)
     cells = torch.rand(x.shape, device=x.device) < rate
     return _fill(x, cells, mask).view_as(spec)
+
+
+def dct_basis(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Orthonormal DCT-II matrix ``[size, size]`` (row k = coefficient k), so its inverse is its transpose."""
+    key = (size, dtype, device)
+    if key not in _DCT_CACHE:
+        n = torch.arange(size, dtype=torch.float64)
+        basis = torch.cos(torch.pi * (n[None, :] + 0.5) * n[:, None] / size) * (2.0 / size) ** 0.5
+        basis[0] /= 2.0**0.5
+        _DCT_CACHE[key] = basis.to(dtype=dtype, device=device)
+    return _DCT_CACHE[key]
+
+
+def lifter(n_freq: int, n_coeffs: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[F, F]``: a column of F bins -> its envelope (the part spanned by the first ``n_coeffs`` DCT-II bases)."""
+    basis = dct_basis(n_freq, dtype, device)[: min(n_coeffs, n_freq)]
+    return basis.T @ basis
+
+
+def spectral_envelope(spec: Tensor, n_coeffs: int) -> Tensor:
+    """The smooth part of each frame of ``[B, C, F, T]`` along F: its first ``n_coeffs`` DCT coefficients."""
+    return lifter(spec.shape[2], n_coeffs, spec.dtype, spec.device) @ spec
+
+
+def shift_matrix(n_freq: int, shift: Tensor) -> Tensor:
+    """``[B, F, F]`` linear maps that move a column of F bins up by ``shift`` ``[B]`` bins (fractional:
+    linear interpolation); the edge bins are repeated into the gap."""
+    bins = torch.arange(n_freq, device=shift.device, dtype=shift.dtype)
+    source = (bins[None, :] - shift[:, None]).clamp(0, n_freq - 1)
+    low = source.floor().clamp(max=max(n_freq - 2, 0))
+    weight = (source - low)[:, :, None]
+    low_hot = torch.nn.functional.one_hot(low.long(), n_freq).to(shift.dtype)
+    high_hot = torch.nn.functional.one_hot((low.long() + 1).clamp(max=n_freq - 1), n_freq).to(shift.dtype)
+    return (1 - weight) * low_hot + weight * high_hot
+
+
+def shift_bins(spec: Tensor, shift: Tensor) -> Tensor:
+    """``spec`` ``[B, C, F, T]`` moved up by ``shift`` ``[B]`` bins (see :func:`shift_matrix`)."""
+    return shift_matrix(spec.shape[2], shift)[:, None] @ spec
+
+
+def envelope_shift(spec: Tensor, *, p: float, shift_range: tuple[float, float], n_coeffs: int) -> Tensor:
+    """Move each chosen example's spectral envelope by a uniform number of bins, keep its fine structure."""
+    x = _as_4d(spec)
+    mask = chosen(x.shape[0], p, x.device)
+    shift = uniform(*shift_range, (x.shape[0],), x.device).to(x.dtype)
+    n_freq = x.shape[2]
+    envelope = lifter(n_freq, n_coeffs, x.dtype, x.device)
+    identity = torch.eye(n_freq, dtype=x.dtype, device=x.device)
+    # x - envelope + shifted envelope, as one [B, F, F] map per example
+    moved = (identity + (shift_matrix(n_freq, shift) - identity) @ envelope)[:, None] @ x
+    return per_example(mask, moved, x).view_as(spec)
