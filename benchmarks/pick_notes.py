@@ -43,7 +43,11 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (5, 6):
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    src, out, code, prefix, count = Path(argv[0]), Path(argv[1]), argv[2], argv[3], int(argv[4])
+    src, out, code, prefix = Path(argv[0]), Path(argv[1]), argv[2], argv[3]
+    count = int(argv[4]) if argv[4].isdigit() else 0
+    if count < 1:
+        print(f"COUNT {argv[4]!r}: expected a whole number >= 1", file=sys.stderr)
+        return 2
     pattern = argv[5] if len(argv) == 6 else "*.mp3"
     notes = sorted(
         (pitch, path) for path in src.glob(pattern) if (pitch := midi_pitch(path.stem)) is not None

@@ -63,3 +63,6 @@ def test_main_copies_picked_notes_with_labels_sorted_by_pitch(tmp_path: Path) ->
     assert (every / "tj_Ds4v8.mp3").exists(), "'#' becomes 's' in the copy's name"
     assert pick_notes.main([str(src), str(out), "vio", "x", "9", "*.wav"]) == 1
     assert pick_notes.main([str(src)]) == 2
+    for bad in ("0", "-3", "two"):
+        assert pick_notes.main([str(src), str(tmp_path / "bad"), "vio", "x", bad]) == 2
+    assert not (tmp_path / "bad").exists()

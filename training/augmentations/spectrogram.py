@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 
 from training.augmentations._random import chosen, per_example, uniform
-
-_DCT_CACHE: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+from training.frontend import dct_ortho_matrix
 
 
 def _as_4d(spec: Tensor) -> Tensor:
@@ -87,21 +86,10 @@ def random_pixels(spec: Tensor, *, p: float, rate_range: tuple[float, float]) ->
     return _fill(x, cells, mask).view_as(spec)
 
 
-def dct_basis(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Orthonormal DCT-II matrix ``[size, size]`` (row k = coefficient k), so its inverse is its transpose."""
-    key = (size, dtype, device)
-    if key not in _DCT_CACHE:
-        n = torch.arange(size, dtype=torch.float64)
-        basis = torch.cos(torch.pi * (n[None, :] + 0.5) * n[:, None] / size) * (2.0 / size) ** 0.5
-        basis[0] /= 2.0**0.5
-        _DCT_CACHE[key] = basis.to(dtype=dtype, device=device)
-    return _DCT_CACHE[key]
-
-
 def lifter(n_freq: int, n_coeffs: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``[F, F]``: a column of F bins -> its envelope (the part spanned by the first ``n_coeffs`` DCT-II bases)."""
-    basis = dct_basis(n_freq, dtype, device)[: min(n_coeffs, n_freq)]
-    return basis.T @ basis
+    dct = torch.from_numpy(dct_ortho_matrix(min(n_coeffs, n_freq), n_freq))  # [F, n]: the MFCC front-end's
+    return (dct @ dct.T).to(dtype=dtype, device=device)
 
 
 def spectral_envelope(spec: Tensor, n_coeffs: int) -> Tensor:
