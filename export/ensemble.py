@@ -284,3 +284,162 @@ def tune_on(
         thresholds.append(tune_thresholds(y, p))
         metrics.append(compute_metrics(y, p, thresholds[-1], labels=meta.labels))
     return Tuning(thresholds, metrics, len(probs), skipped)
+
+
+@dataclass(frozen=True)
+class SplitMember:
+    """One member recovered from an ensemble artifact: its graph, its own metadata, a file name.
+
+    ``name`` is always ``m<index>.onnx``; ``recorded_file`` is the file name the ensemble recorded
+    (metadata, so untrusted: shown, never used as a path).
+    """
+
+    index: int
+    name: str
+    recorded_file: str
+    model: onnx.ModelProto
+    metadata: ArtifactMetadata
+
+
+def _unprefixed(name: str, prefix: str, where: str) -> str:
+    if name in ("", INPUT_NAME):
+        return name
+    if not name.startswith(prefix):
+        raise ExportError(f"{where}: {name!r} is not member {prefix!r}'s own; cannot split it out")
+    return name[len(prefix) :]
+
+
+def member_entries(meta: ArtifactMetadata) -> list[dict[str, Any]]:
+    """The members an ensemble's metadata records (``training_config.ensemble_members``), checked."""
+    entries = meta.training_config.get("ensemble_members")
+    if not isinstance(entries, list) or not entries:
+        raise ExportError("not an ensemble artifact: its metadata records no ensemble_members")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("thresholds"), list):
+            raise ExportError(f"ensemble_members[{i}] has no thresholds; cannot rebuild its metadata")
+        if not isinstance(entry.get("training_config"), dict):
+            raise ExportError(f"ensemble_members[{i}] has no training_config; cannot rebuild its metadata")
+    return entries
+
+
+def split(model: onnx.ModelProto, meta: ArtifactMetadata) -> list[SplitMember]:
+    """Every member of an ensemble built by :func:`merge`, as the artifact it was before merging.
+
+    The inverse of :func:`merge` up to metadata: member ``i``'s nodes, initializers and value infos are
+    the ones prefixed ``m<i>/``, with the prefix removed; its ``probs`` and ``logits`` are the graph's
+    outputs again; its metadata is the ensemble's contract (labels, rate, window, hop, aggregation) with
+    the member's own thresholds, architecture and training config as the ensemble recorded them. The
+    bytes differ from the original member file (metadata order, export time), so the sha256 recorded in
+    the ensemble is not expected to match; :func:`member_parity_runner` checks the outputs instead.
+    """
+    entries = member_entries(meta)
+    graph = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
+        raise ExportError("the ensemble has control-flow subgraphs; splitting those is not supported")
+    batch = next(i for i in graph.input if i.name == INPUT_NAME)
+    batch_dim = batch.type.tensor_type.shape.dim[0]
+    batch_axis: str | int = batch_dim.dim_param or batch_dim.dim_value
+    claimed = 0
+    out: list[SplitMember] = []
+    for i, entry in enumerate(entries):
+        prefix = MEMBER_PREFIX.format(i)
+        nodes = [n for n in graph.node if n.output and all(o.startswith(prefix) for o in n.output)]
+        produced = {o for n in nodes for o in n.output}
+        for wanted in (OUTPUT_NAME, LOGITS_NAME):
+            if prefix + wanted not in produced:
+                raise ExportError(f"member {i}: no node produces {prefix + wanted!r}; not a lumen ensemble")
+        where = f"member {i}"
+        new_nodes = []
+        for node in nodes:
+            copied = copy.deepcopy(node)
+            copied.name = _unprefixed(node.name, prefix, where) if node.name.startswith(prefix) else node.name
+            copied.input[:] = [_unprefixed(x, prefix, where) for x in node.input]
+            copied.output[:] = [_unprefixed(x, prefix, where) for x in node.output]
+            new_nodes.append(copied)
+        initializers = []
+        for tensor in graph.initializer:
+            if tensor.name.startswith(prefix):
+                copied = copy.deepcopy(tensor)
+                copied.name = tensor.name[len(prefix) :]
+                initializers.append(copied)
+        value_info = []
+        for info in graph.value_info:
+            if info.name.startswith(prefix) and info.name[len(prefix) :] not in (OUTPUT_NAME, LOGITS_NAME):
+                copied = copy.deepcopy(info)
+                copied.name = info.name[len(prefix) :]
+                value_info.append(copied)
+        claimed += len(nodes)
+        n_labels = len(meta.labels)
+        member_graph = helper.make_graph(
+            nodes=new_nodes,
+            name=f"lumen_member_{i}",
+            inputs=[copy.deepcopy(batch)],
+            outputs=[
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch_axis, n_labels])
+                for name in (OUTPUT_NAME, LOGITS_NAME)
+            ],
+            initializer=initializers,
+            value_info=value_info,
+        )
+        member_model = helper.make_model(
+            member_graph, opset_imports=list(model.opset_import), producer_name="lumen-ensemble --split"
+        )
+        member_model.ir_version = model.ir_version
+        try:
+            onnx.checker.check_model(member_model)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"member {i} does not form a valid graph on its own: {exc}") from None
+        member_meta = ArtifactMetadata(
+            labels=list(meta.labels),
+            sample_rate=meta.sample_rate,
+            window_samples=meta.window_samples,
+            hop_samples=meta.hop_samples,
+            thresholds=[float(t) for t in entry["thresholds"]],
+            aggregation=meta.aggregation,
+            architecture=str(entry.get("architecture", "")),
+            training_config=dict(entry["training_config"]),
+            source_checkpoint_sha256=str(entry.get("source_checkpoint_sha256", "")),
+            lumen_version=__version__,
+            export_time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        try:
+            member_meta.validate()
+        except ArtifactError as exc:
+            raise ExportError(f"member {i}'s recorded metadata is not a valid artifact's: {exc}") from None
+        out.append(
+            SplitMember(
+                i,
+                f"m{i}.onnx",
+                str(entry.get("file", "")),
+                with_metadata(member_model, member_meta),
+                member_meta,
+            )
+        )
+    joins = [n for n in graph.node if n.name.startswith("ensemble/")]
+    if claimed + len(joins) != len(graph.node):
+        raise ExportError(
+            f"{len(graph.node) - claimed - len(joins)} node(s) belong to no member; not a lumen ensemble"
+        )
+    return out
+
+
+def member_parity_runner(
+    model: onnx.ModelProto, index: int
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A runner giving member ``index``'s probs and logits as computed inside the ensemble graph."""
+    probe = copy.deepcopy(model)
+    del probe.graph.output[:]
+    prefix = MEMBER_PREFIX.format(index)
+    names = [prefix + OUTPUT_NAME, prefix + LOGITS_NAME]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+    probe_session = session(probe)
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, logits = probe_session.run(names, {INPUT_NAME: batch})
+        return probs, logits
+
+    return run

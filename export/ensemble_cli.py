@@ -40,8 +40,10 @@ from export.ensemble import (
     Member,
     ensemble_metadata,
     load_member,
+    member_parity_runner,
     merge,
     session,
+    split,
     tune_on,
     with_metadata,
 )
@@ -66,15 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge exported lumen artifacts (.onnx) into one ONNX file that averages their "
         "probabilities; thresholds are tuned on labelled validation files.",
     )
-    parser.add_argument("members", nargs="+", type=Path, metavar="MODEL.onnx", help="two or more artifacts")
+    parser.add_argument("members", nargs="*", type=Path, metavar="MODEL.onnx", help="two or more artifacts")
     parser.add_argument(
         "--val-paths",
         nargs="+",
-        required=True,
         metavar="SPEC",
-        help="labelled validation specs (TYPE:PATH) the ensemble's thresholds are tuned on",
+        help="labelled validation specs (TYPE:PATH) the ensemble's thresholds are tuned on (required when merging)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="the ensemble artifact to write")
+    parser.add_argument("--out", type=Path, help="the ensemble artifact to write (required when merging)")
+    parser.add_argument(
+        "--split",
+        type=Path,
+        metavar="ENSEMBLE.onnx",
+        help="the other way round: write every member of this ensemble artifact as its own artifact "
+        "(its own stored thresholds) into --out-dir, each checked against the ensemble's graph",
+    )
+    parser.add_argument("--out-dir", type=Path, help="with --split: the folder the members are written to")
     parser.add_argument(
         "--batch-size", type=int, default=64, help="windows per ONNX Runtime call (default 64)"
     )
@@ -113,9 +122,66 @@ def _progress_bar(enabled: bool) -> Progress:
     )
 
 
+def _split(path: Path, out_dir: Path) -> int:
+    """``--split``: every member of ``path`` written to ``out_dir`` and checked against the ensemble."""
+    started = time.perf_counter()
+    try:
+        if not out_dir.is_dir():
+            raise ExportError(f"--out-dir {out_dir} is not a folder")
+        ensemble = load_member(path)
+        parts = split(ensemble.model, ensemble.metadata)
+        targets = [out_dir / part.name for part in parts]
+        taken = [t for t in targets if t.exists()]
+        if taken:
+            raise ExportError(f"{taken[0]} exists; not overwriting a member (choose an empty --out-dir)")
+        print(f"lumen-ensemble --split: {len(parts)} members of {path} -> {out_dir}", flush=True)
+        inputs = parity_inputs(ensemble.metadata.window_samples, ensemble.metadata.sample_rate)
+        for part, target in zip(parts, targets, strict=True):
+            with atomic_output(target) as tmp:
+                onnx.save_model(part.model, tmp, save_as_external_data=False)
+                if read_onnx_metadata(tmp) != part.metadata:
+                    raise ExportError(
+                        f"the metadata read back differs from what was written; not writing {target}"
+                    )
+                report = check_parity(
+                    member_parity_runner(ensemble.model, part.index),
+                    onnx_runners(tmp),
+                    inputs,
+                    FP32_TOLERANCE,
+                )
+            print(
+                f"  m{part.index} (recorded as {part.recorded_file!r}) -> {target} ({target.stat().st_size / 1e6:.1f} MB, {part.metadata.architecture}), "
+                f"worst max |dprobs| vs the ensemble's m{part.index} {report.worst.probs_diff:.2e}; "
+                "thresholds "
+                + " ".join(
+                    f"{c} {t:.2f}"
+                    for c, t in zip(part.metadata.labels, part.metadata.thresholds, strict=True)
+                )
+            )
+    except ParityError as exc:
+        print_parity(exc.report, "the member inside the ensemble graph")
+        print(f"lumen-ensemble: error: {exc}", file=sys.stderr)
+        return 1
+    except (ExportError, ArtifactError) as exc:
+        print(f"lumen-ensemble: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"split {path} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.split is not None:
+        if args.members or args.out is not None or args.val_paths:
+            parser.error("--split takes no members, --out or --val-paths; it writes into --out-dir")
+        if args.out_dir is None:
+            parser.error("--split needs --out-dir")
+        return _split(args.split, args.out_dir)
+    if args.out_dir is not None:
+        parser.error("--out-dir is for --split; a merge writes one file, --out")
+    if args.out is None or not args.val_paths:
+        parser.error("merging needs --out and --val-paths")
     if len(args.members) < 2:
         parser.error(f"an ensemble needs at least 2 members, got {len(args.members)}")
     if len(set(p.resolve() for p in args.members)) != len(args.members):

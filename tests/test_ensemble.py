@@ -210,3 +210,91 @@ def test_bad_inputs_fail_with_one_line(members: list[Path], val_dir: Path, tmp_p
     status, _, stderr = run_cli([str(a), str(b), "--val-paths", f"irmastrain:{partial}", "--out", str(out)])
     assert status == 1 and "no example of cla" in stderr
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def ensemble_file(members: list[Path], val_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    a, b, _ = members
+    out = tmp_path_factory.mktemp("ens") / "ens.onnx"
+    status, stdout, _ = run_cli([str(a), str(b), "--val-paths", f"irmastrain:{val_dir}", "--out", str(out)])
+    assert status == 0, stdout
+    return out
+
+
+def test_split_gives_back_each_member_with_its_own_thresholds(
+    members: list[Path], ensemble_file: Path, tmp_path: Path
+) -> None:
+    """--split: member i of the ensemble, written on its own, answers as the file it was built from."""
+    a, b, _ = members
+    status, stdout, stderr = run_cli(["--split", str(ensemble_file), "--out-dir", str(tmp_path)])
+    assert status == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m0.onnx", "m1.onnx"]
+    assert "worst max |dprobs| vs the ensemble's m1" in stdout
+    windows = np.random.default_rng(5).uniform(-1, 1, (4, WINDOW)).astype(np.float32)
+    for original, recovered in ((a, tmp_path / "m0.onnx"), (b, tmp_path / "m1.onnx")):
+        want, got = OnnxModel(original), OnnxModel(recovered)
+        np.testing.assert_allclose(got.run(windows), want.run(windows), atol=1e-6)
+        assert got.metadata.thresholds == want.metadata.thresholds
+        assert got.metadata.training_config == want.metadata.training_config
+        assert got.metadata.architecture == want.metadata.architecture
+        assert got.metadata.source_checkpoint_sha256 == want.metadata.source_checkpoint_sha256
+        assert (got.metadata.window_samples, got.metadata.hop_samples) == (
+            want.metadata.window_samples,
+            want.metadata.hop_samples,
+        )
+        graph = onnx.load(str(recovered))
+        assert [o.name for o in graph.graph.output] == ["probs", "logits"]
+        assert not any(t.name.startswith("m0/") or t.name.startswith("m1/") for t in graph.graph.initializer)
+        # Only the member's own weights: the two recovered files do not carry each other's.
+        assert len(graph.graph.initializer) == len(onnx.load(str(original)).graph.initializer)
+
+
+def test_split_refuses_what_is_not_an_ensemble_or_would_overwrite(
+    members: list[Path], ensemble_file: Path, tmp_path: Path
+) -> None:
+    a, _, _ = members
+    status, _, stderr = run_cli(["--split", str(a), "--out-dir", str(tmp_path)])
+    assert status == 1 and "not an ensemble artifact" in stderr and "Traceback" not in stderr
+    assert not list(tmp_path.iterdir())
+
+    (tmp_path / "m1.onnx").write_bytes(b"someone's file")
+    status, _, stderr = run_cli(["--split", str(ensemble_file), "--out-dir", str(tmp_path)])
+    assert status == 1 and "exists; not overwriting" in stderr
+    assert (tmp_path / "m1.onnx").read_bytes() == b"someone's file" and not (tmp_path / "m0.onnx").exists()
+
+    # Metadata that records a member the graph does not hold.
+    tampered = onnx.load(str(ensemble_file))
+    for prop in tampered.metadata_props:
+        if prop.key == "lumen.training_config":
+            config = json.loads(prop.value)
+            config["ensemble_members"].append(config["ensemble_members"][0])
+            prop.value = json.dumps(config)
+    onnx.save_model(tampered, tmp_path / "tampered.onnx")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    status, _, stderr = run_cli(["--split", str(tmp_path / "tampered.onnx"), "--out-dir", str(out_dir)])
+    assert status == 1 and "member 2: no node produces 'm2/probs'" in stderr
+    assert not list(out_dir.iterdir())
+
+    status, _, stderr = run_cli(["--split", str(ensemble_file), "--out-dir", str(tmp_path / "absent")])
+    assert status == 1 and "is not a folder" in stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--split", "e.onnx"], "--split needs --out-dir"),
+        (["a.onnx", "--split", "e.onnx", "--out-dir", "."], "--split takes no members"),
+        (["--split", "e.onnx", "--out-dir", ".", "--out", "x.onnx"], "--split takes no members"),
+        (["a.onnx", "b.onnx", "--out", "x.onnx"], "merging needs --out and --val-paths"),
+        (
+            ["a.onnx", "b.onnx", "--out", "x.onnx", "--val-paths", "irmastrain:v", "--out-dir", "."],
+            "--out-dir is for --split",
+        ),
+    ],
+)
+def test_split_usage_errors(argv: list[str], message: str) -> None:
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(err):
+        main(argv)
+    assert exit_info.value.code == 2 and message in err.getvalue()
