@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -48,6 +49,7 @@ from export.onnx import MAX_PROTO_BYTES, graph_problems
 from training.checkpoint import sha256_of
 
 LOGIT_EPS = 1e-7
+_Named = TypeVar("_Named", onnx.TensorProto, onnx.ValueInfoProto)
 MEMBER_PREFIX = "m{}/"
 # Fields that decide what a window is and how window answers become a file's: members must agree.
 SHARED_FIELDS = ("labels", "sample_rate", "window_samples", "hop_samples", "aggregation")
@@ -309,6 +311,18 @@ def _unprefixed(name: str, prefix: str, where: str) -> str:
     return name[len(prefix) :]
 
 
+def _own_renamed(items: Iterable[_Named], prefix: str, skip: tuple[str, ...] = ()) -> list[_Named]:
+    """Copies of the protos (initializers, value infos) named ``prefix + name``, renamed ``name``;
+    names in ``skip`` (the graph outputs, declared afresh) are left out."""
+    out = []
+    for item in items:
+        if item.name.startswith(prefix) and item.name[len(prefix) :] not in skip:
+            copied = copy.deepcopy(item)
+            copied.name = item.name[len(prefix) :]
+            out.append(copied)
+    return out
+
+
 def member_entries(meta: ArtifactMetadata) -> list[dict[str, Any]]:
     """The members an ensemble's metadata records (``training_config.ensemble_members``), checked."""
     entries = meta.training_config.get("ensemble_members")
@@ -317,6 +331,16 @@ def member_entries(meta: ArtifactMetadata) -> list[dict[str, Any]]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("thresholds"), list):
             raise ExportError(f"ensemble_members[{i}] has no thresholds; cannot rebuild its metadata")
+        # Metadata is untrusted: bool is an int to Python, and float("0.5") or float(None) would either
+        # accept a string or raise a TypeError traceback, so only real, finite numbers pass.
+        bad = [
+            t
+            for t in entry["thresholds"]
+            if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t)
+        ]
+        if bad:
+            shown = ", ".join(repr(t)[:40] for t in bad[:3])
+            raise ExportError(f"ensemble_members[{i}] has thresholds that are not finite numbers: {shown}")
         if not isinstance(entry.get("training_config"), dict):
             raise ExportError(f"ensemble_members[{i}] has no training_config; cannot rebuild its metadata")
     return entries
@@ -360,18 +384,8 @@ def split(model: onnx.ModelProto, meta: ArtifactMetadata) -> list[SplitMember]:
             copied.input[:] = [_unprefixed(x, prefix, where) for x in node.input]
             copied.output[:] = [_unprefixed(x, prefix, where) for x in node.output]
             new_nodes.append(copied)
-        initializers = []
-        for tensor in graph.initializer:
-            if tensor.name.startswith(prefix):
-                copied = copy.deepcopy(tensor)
-                copied.name = tensor.name[len(prefix) :]
-                initializers.append(copied)
-        value_info = []
-        for info in graph.value_info:
-            if info.name.startswith(prefix) and info.name[len(prefix) :] not in (OUTPUT_NAME, LOGITS_NAME):
-                copied = copy.deepcopy(info)
-                copied.name = info.name[len(prefix) :]
-                value_info.append(copied)
+        initializers = _own_renamed(graph.initializer, prefix)
+        value_info = _own_renamed(graph.value_info, prefix, skip=(OUTPUT_NAME, LOGITS_NAME))
         claimed += len(nodes)
         n_labels = len(meta.labels)
         member_graph = helper.make_graph(

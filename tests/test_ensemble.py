@@ -280,6 +280,29 @@ def test_split_refuses_what_is_not_an_ensemble_or_would_overwrite(
     assert status == 1 and "is not a folder" in stderr
 
 
+@pytest.mark.parametrize("bad", ["abc", "0.5", None, True, float("nan"), [0.5], {"t": 0.5}])
+def test_split_refuses_recorded_thresholds_that_are_not_numbers(
+    ensemble_file: Path, tmp_path: Path, bad: object
+) -> None:
+    """The thresholds an ensemble records for a member are metadata from the file, so untrusted: a
+    string (even a numeric one), null, a bool, NaN or a container is a one-line error, not a traceback
+    and not a silently converted threshold; nothing is written."""
+    tampered = onnx.load(str(ensemble_file))
+    for prop in tampered.metadata_props:
+        if prop.key == "lumen.training_config":
+            config = json.loads(prop.value)
+            config["ensemble_members"][1]["thresholds"][3] = bad
+            prop.value = json.dumps(config)  # NaN is written as the JSON extension NaN, as Python reads it
+    onnx.save_model(tampered, tmp_path / "tampered.onnx")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    status, _, stderr = run_cli(["--split", str(tmp_path / "tampered.onnx"), "--out-dir", str(out_dir)])
+    assert status == 1, stderr
+    assert "ensemble_members[1] has thresholds that are not finite numbers" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    assert not list(out_dir.iterdir())
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
