@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import warnings
 from typing import Any
 
 import msgspec
@@ -54,6 +55,15 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 """Encoded files per BYTES request; the body size limit (``--max-upload-mb``) applies as well."""
 PARSE_IN_THREAD_BYTES = 256 * 1024
 """Bodies above this are parsed in a worker thread, so a big JSON tensor never stalls the event loop."""
+MAX_DIMS = 8
+"""Dimensions of an input ``shape``, checked before their product (a shape of 50 000 huge sizes took
+seconds of bigint arithmetic and then failed to format)."""
+_NUMBER_BYTES = b"0123456789+-.eE,[] \t\r\n"
+"""Everything a JSON array of numbers (flat or nested) may hold; tensor data is parsed from these bytes."""
+_LAYOUT_BYTES = b"[] \t\r\n"
+
+Parameters = dict[str, str | int | float | bool | None]
+"""OIP's ``$parameters``: string, number or boolean values, never nested (no unbounded object trees)."""
 
 _MODEL_PATH = re.compile(r"^(?P<name>.+?)(?:/versions/(?P<version>[^/]+))?(?:/(?P<action>ready|infer))?$")
 
@@ -100,19 +110,21 @@ class InferInputTensor(msgspec.Struct, kw_only=True):
     name: str
     shape: list[int]
     datatype: str
-    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
-    data: Any = None
+    parameters: Parameters = msgspec.field(default_factory=dict)
+    data: msgspec.Raw = msgspec.Raw()
+    """The JSON text of ``data``, kept as bytes: decoded into Python objects, a 50 MB array of empty
+    lists took 1.1 GB. :func:`json_floats` parses it straight into float32 once the shape is checked."""
 
 
 class RequestedOutput(msgspec.Struct, kw_only=True):
     name: str
-    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    parameters: Parameters = msgspec.field(default_factory=dict)
 
 
 class InferRequest(msgspec.Struct, kw_only=True):
     inputs: list[InferInputTensor]
     id: str | None = None
-    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    parameters: Parameters = msgspec.field(default_factory=dict)
     outputs: list[RequestedOutput] | None = None
 
 
@@ -202,6 +214,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         request = msgspec.json.decode(header, type=InferRequest)
     except msgspec.DecodeError as exc:
         raise OipError(400, f"invalid inference request JSON: {exc}") from None
+    except RecursionError:  # msgspec's depth guard: '[[[[...' is a client error, not a server bug
+        raise OipError(400, "invalid inference request JSON: nested too deeply") from None
     payloads: dict[str, bytes] = {}
     offset = 0
     for tensor in request.inputs:
@@ -224,9 +238,40 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
 
 
 def _element_count(tensor: InferInputTensor) -> int:
-    if not tensor.shape or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in tensor.shape):
+    if not 1 <= len(tensor.shape) <= MAX_DIMS:
+        raise OipError(400, f"input {tensor.name!r}: shape must have 1..{MAX_DIMS} dimensions")
+    if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in tensor.shape):
         raise OipError(400, f"input {tensor.name!r}: shape must be a non-empty list of sizes >= 0")
     return math.prod(tensor.shape)
+
+
+def _has_data(tensor: InferInputTensor) -> bool:
+    return len(tensor.data) > 0 and bytes(tensor.data).strip() != b"null"
+
+
+def json_floats(name: str, raw: msgspec.Raw, count: int) -> np.ndarray:
+    """A JSON array of numbers (flat or nested, row-major) as ``count`` float32 values.
+
+    Parsed from the bytes (already valid JSON) with no Python object per value: anything but numbers,
+    brackets, commas and whitespace is refused first, the values are counted by their commas, and only
+    then does numpy read them.
+    """
+    text = bytes(raw)
+    if text.translate(None, _NUMBER_BYTES):
+        raise OipError(400, f"input {name!r}: data must be numbers (flat or nested lists)")
+    flat = text.translate(None, _LAYOUT_BYTES)
+    n_values = flat.count(b",") + 1 if flat else 0
+    if n_values != count:
+        raise OipError(400, f"input {name!r}: data has {n_values} values, shape needs {count}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns (or raises) on text it cannot read to its end
+        try:
+            values = np.fromstring(flat, dtype=np.float32, sep=",")
+        except (ValueError, DeprecationWarning):
+            values = None
+    if values is None or values.size != count:  # e.g. '[[], [1]]': an empty list between the commas
+        raise OipError(400, f"input {name!r}: data must be numbers (flat or nested lists)")
+    return values
 
 
 def waveform_windows(
@@ -251,15 +296,9 @@ def waveform_windows(
             raise OipError(400, f"input {name!r}: {len(payload)} binary bytes for {count} FP32 values")
         windows = np.frombuffer(payload, dtype="<f4").reshape(n, window_samples)
     else:
-        if tensor.data is None:
+        if not _has_data(tensor):
             raise OipError(400, f"input {name!r} has neither 'data' nor binary_data_size")
-        try:
-            values = np.asarray(tensor.data, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise OipError(400, f"input {name!r}: data must be numbers (flat or nested lists)") from None
-        if values.size != count:
-            raise OipError(400, f"input {name!r}: data has {values.size} values, shape needs {count}")
-        windows = values.reshape(n, window_samples)
+        windows = json_floats(name, tensor.data, count).reshape(n, window_samples)
     if not np.isfinite(windows).all():
         raise OipError(400, f"input {name!r} holds NaN or infinite values")
     return windows.astype(np.float32, copy=False)
@@ -281,7 +320,9 @@ def audio_files(tensor: InferInputTensor, payload: bytes | None, max_files: int)
         )
     files: list[bytes] = []
     offset = 0
-    while offset < len(payload):
+    # At most ``count`` elements are read: a payload of millions of empty elements is refused after
+    # ``count`` steps instead of being split up on the event loop first.
+    while offset < len(payload) and len(files) < count:
         if offset + 4 > len(payload):
             raise OipError(400, f"input {name!r}: truncated element length at byte {offset}")
         size = int.from_bytes(payload[offset : offset + 4], "little")
@@ -290,8 +331,11 @@ def audio_files(tensor: InferInputTensor, payload: bytes | None, max_files: int)
             raise OipError(400, f"input {name!r}: element {len(files)} claims {size} bytes past the end")
         files.append(payload[offset : offset + size])
         offset += size
-    if len(files) != count:
-        raise OipError(400, f"input {name!r}: shape {tensor.shape} needs {count} elements, got {len(files)}")
+    if len(files) != count or offset != len(payload):
+        more = " and more" if offset != len(payload) else ""
+        raise OipError(
+            400, f"input {name!r}: shape {tensor.shape} needs {count} elements, got {len(files)}{more}"
+        )
     return files
 
 

@@ -1,0 +1,170 @@
+"""Regression tests for the second security review of the server: one test (or more) per defect found.
+
+Each test sends what an attacker would and checks what the server does: a typed 4xx instead of a
+500, admission control that cannot be side-stepped, and parsing whose memory and work are bounded
+by the request's declared shape rather than by whatever the body holds. Memory is measured with
+``tracemalloc`` (allocations, not time), so nothing here depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import serving_testkit as kit
+from litestar.testing import TestClient
+from serving_testkit import wait_for
+
+from serving import oip
+from serving.app import create_app
+from serving.settings import Settings
+
+MODEL = "tone.onnx"
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("attacks")
+    kit.build_model(base / "models" / MODEL)
+    kit.write_tones(base / "data" / "songs" / "s0.wav", [1])
+    return base
+
+
+def settings(workspace: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "model_dir": workspace / "models",
+        "data_roots": (workspace / "data",),
+        "models": (MODEL,),
+        "max_upload_mb": 2.0,
+        "decode_workers": 1,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def client(workspace: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(settings(workspace))) as test_client:
+        wait_for(lambda: test_client.get("/ready").status_code == 200)
+        yield test_client
+
+
+def waveform_request(data: Any, shape: list[int] | None = None) -> dict[str, Any]:
+    return {
+        "inputs": [{"name": "waveform", "shape": shape or [1, kit.WINDOW], "datatype": "FP32", "data": data}]
+    }
+
+
+def peak_allocated(fn: Any, *args: Any) -> int:
+    """Peak bytes Python allocated while ``fn(*args)`` ran (its exception, if any, swallowed)."""
+    tracemalloc.start()
+    try:
+        fn(*args)
+    except oip.OipError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+# ---- 1. a shape of many huge dimensions: bigint work on the event loop, then a 500 ----------------------
+
+
+def test_a_shape_of_many_huge_dimensions_is_400_before_its_product(client: TestClient) -> None:
+    body = {"inputs": [{"name": "audio", "shape": [2**63 - 1] * 5000, "datatype": "BYTES"}]}
+    response = client.post(INFER, json=body)
+    assert response.status_code == 400, response.text
+    assert "dimensions" in response.json()["error"]
+
+
+# ---- 2. deeply nested JSON: RecursionError -> 500 with a logged traceback --------------------------------
+
+
+@pytest.mark.parametrize("depth", [2_000, 200_000])
+def test_deeply_nested_json_is_400_not_500(client: TestClient, depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    for body in (
+        b'{"inputs":[{"name":"waveform","shape":[1,1600],"datatype":"FP32","data":' + nested + b"}]}",
+        b'{"inputs":[],"parameters":{"x":' + nested + b"}}",
+    ):
+        response = client.post(INFER, content=body)
+        assert response.status_code == 400, response.text
+        assert "invalid inference request JSON" in response.json()["error"]
+
+
+# ---- 3. JSON tensor data and parameters decoded into Python object trees (~30x the body) ----------------
+
+
+def test_json_tensor_data_is_parsed_without_a_python_object_per_value() -> None:
+    # 2 MB of empty lists: decoded as Python lists they were ~45 MB (64 bytes per 3-byte '[],')
+    junk = b'{"inputs":[{"name":"waveform","shape":[1,1600],"datatype":"FP32","data":[' + b"[]," * 700_000
+    junk += b"[]]}]}"
+
+    def parse_and_validate(body: bytes) -> None:
+        request, payloads = oip.parse_request(body, None)
+        oip.waveform_windows(request.inputs[0], payloads.get("waveform"), kit.WINDOW, 1024)
+
+    assert peak_allocated(parse_and_validate, junk) < 3 * len(junk)
+    with pytest.raises(oip.OipError, match="data has 700001 values, shape needs 1600"):
+        parse_and_validate(junk)
+
+
+def test_json_parameters_must_be_scalars(client: TestClient) -> None:
+    body = waveform_request([0.0] * kit.WINDOW)
+    body["parameters"] = {"threshold": 0.5, "junk": [[], [], {}]}
+    response = client.post(INFER, json=body)
+    assert response.status_code == 400, response.text
+    assert "parameters" in response.json()["error"]
+
+
+def test_json_waveform_data_still_matches_the_model_in_every_layout(client: TestClient) -> None:
+    windows = np.stack([kit.tones(labels, seconds=kit.WINDOW / kit.SAMPLE_RATE) for labels in ([1], [3, 7])])
+    expected = kit.reference_probs(windows)
+    for data in (windows.ravel().tolist(), windows.tolist()):
+        text = json.dumps(waveform_request(data, list(windows.shape)), indent=1)  # whitespace too
+        response = client.post(INFER, content=text.encode())
+        assert response.status_code == 200, response.text
+        probs = np.asarray(response.json()["outputs"][0]["data"], dtype=np.float32).reshape(expected.shape)
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [[], [0.0] * (kit.WINDOW - 1)],  # the right comma count, but an empty row among the values
+        ["0.5"] * kit.WINDOW,  # numbers as strings
+        [True] * kit.WINDOW,
+        [None] * kit.WINDOW,
+        [{"x": 1}] * kit.WINDOW,
+        [0.0] * (kit.WINDOW - 1),
+        1e39,
+        [1e39] * kit.WINDOW,
+    ],
+)
+def test_json_waveform_data_that_is_not_exactly_the_numbers_of_its_shape_is_400(
+    client: TestClient, data: Any
+) -> None:
+    response = client.post(INFER, json=waveform_request(data))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "data" in error or "NaN or infinite" in error
+
+
+# ---- 4. a BYTES payload of millions of elements was split up in full on the event loop -----------------
+
+
+def test_a_bytes_payload_is_read_only_as_far_as_its_shape_claims() -> None:
+    tensor = oip.InferInputTensor(name="audio", shape=[1], datatype="BYTES")
+    payload = b"\x01\x00\x00\x00x" * 400_000  # 2 MB: 400 000 one-byte elements for a shape of [1]
+    peak = peak_allocated(oip.audio_files, tensor, payload, 64)
+    assert peak < len(payload) // 4  # it was ~16 MB: a bytes object and a list slot per element
+    with pytest.raises(oip.OipError, match="needs 1 elements, got 1 and more"):
+        oip.audio_files(tensor, payload, 64)
+    assert oip.audio_files(tensor, payload[:5], 64) == [b"x"]
