@@ -570,11 +570,19 @@ def dataset_jobs(roots: DataRoots, refs: list[DatasetRef]) -> list[Job]:
     """Labelled jobs of every dataset (blocking: scans folders); problems become error jobs.
 
     A dataset outside the roots is refused as a whole (PathForbidden); anything a scanner derives
-    (class folders, sidecar ``.txt``, CSV rows) is confined before it is touched.
+    (class folders, sidecar ``.txt``, CSV rows) is confined before it is touched. A dataset named
+    twice (``set``, ``./set``, ``set/../set``) is scanned once and a file reached twice is answered
+    once, as in predict-directory: otherwise one request could make the server decode, infer and
+    count a whole folder ``--max-datasets`` times.
     """
     jobs: list[Job] = []
+    scanned: set[tuple[str, Path]] = set()
+    seen: set[str] = set()
     for ref in refs:
         root = roots.resolve(ref.dataset_path)
+        if (ref.dataset_type, root) in scanned:
+            continue
+        scanned.add((ref.dataset_type, root))
         if not root.exists():
             jobs.append(Job(roots.key(root), error="dataset path not found"))
             continue
@@ -586,5 +594,10 @@ def dataset_jobs(roots: DataRoots, refs: list[DatasetRef]) -> list[Job]:
         jobs.extend(Job(roots.key(Path(issue.path)), error=roots.redact(issue.error)) for issue in issues)
         for item in items:
             key, error = roots.check(item.path)
+            if error is None:
+                real = os.path.realpath(item.path)
+                if real in seen:
+                    continue
+                seen.add(real)
             jobs.append(Job(key, source=None if error else item.path, error=error, labels=item.labels))
     return jobs

@@ -20,6 +20,7 @@ import serving_testkit as kit
 from litestar.testing import TestClient
 from serving_testkit import wait_for
 
+from common.labels import LABELS
 from serving import oip
 from serving.app import create_app
 from serving.settings import Settings
@@ -33,6 +34,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("attacks")
     kit.build_model(base / "models" / MODEL)
     kit.write_tones(base / "data" / "songs" / "s0.wav", [1])
+    for i, code in enumerate(LABELS[:3]):  # an irmastest set: clips with sidecar label files
+        kit.write_tones(base / "data" / "set" / f"c{i}.wav", [i])
+        (base / "data" / "set" / f"c{i}.txt").write_text(code + "\n")
     return base
 
 
@@ -168,3 +172,19 @@ def test_a_bytes_payload_is_read_only_as_far_as_its_shape_claims() -> None:
     with pytest.raises(oip.OipError, match="needs 1 elements, got 1 and more"):
         oip.audio_files(tensor, payload, 64)
     assert oip.audio_files(tensor, payload[:5], 64) == [b"x"]
+
+
+# ---- 5. test-directory scored a dataset once per naming of it (x --max-datasets work, wrong metrics) -----
+
+
+def test_a_dataset_named_several_ways_is_scored_once(client: TestClient) -> None:
+    names = ["set", "set/", "./set", "set/../set", "songs/../set"]
+    datasets = [{"dataset_type": "irmastest", "dataset_path": name} for name in names]
+    response = client.post("/model/test-directory", json={"model": MODEL, "datasets": datasets})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert sorted(body["probabilities"]) == ["set/c0.wav", "set/c1.wav", "set/c2.wav"]
+    assert body["metrics"]["n_files"] == 3 and body["errors"] == {}
+    stream = client.post("/model/test-directory-stream", json={"model": MODEL, "datasets": datasets})
+    summary = json.loads(stream.text.splitlines()[-1])
+    assert summary["n_files"] == 3 and summary["metrics"]["n_files"] == 3
