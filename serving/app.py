@@ -203,7 +203,16 @@ async def _uploaded_jobs(request: Request[Any, Any, Any], server: Server, filena
     """
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
-        form = await request.form()
+        try:
+            form = await request.form()
+        except (UnicodeDecodeError, LookupError) as exc:
+            # A part without a filename is a text field, decoded in its charset while parsing: audio
+            # bytes there (or charset=bogus) raised out of Litestar's parser as a 500.
+            what = "unknown charset" if not isinstance(exc, UnicodeDecodeError) else "bytes that are not text"
+            raise ClientException(
+                f"a multipart part without a filename is a text field, and one holds {what}; "
+                "give each file part a filename"
+            ) from None
         files = [f for f in form.getall("files") if isinstance(f, UploadFile)] if "files" in form else []
         if not files:
             raise ClientException(f"no multipart parts named 'files'; {UPLOAD_HINT}")

@@ -188,3 +188,37 @@ def test_a_dataset_named_several_ways_is_scored_once(client: TestClient) -> None
     stream = client.post("/model/test-directory-stream", json={"model": MODEL, "datasets": datasets})
     summary = json.loads(stream.text.splitlines()[-1])
     assert summary["n_files"] == 3 and summary["metrics"]["n_files"] == 3
+
+
+# ---- 6. a multipart text field that is not text: Litestar's parser raised out of the handler (500) -------
+
+
+@pytest.mark.parametrize(
+    ("disposition", "content_type"),
+    [
+        (b'form-data; name="files"', b"audio/wav"),  # no filename: a text field holding audio bytes
+        (b'form-data; name="files"', b"text/plain; charset=no-such-charset"),
+        (b'form-data; name="note"', b"text/plain; charset=no-such-charset"),
+    ],
+)
+def test_a_multipart_text_field_that_cannot_be_decoded_is_400(
+    client: TestClient, workspace: Path, disposition: bytes, content_type: bytes
+) -> None:
+    wav = (workspace / "data" / "songs" / "s0.wav").read_bytes()
+    body = (
+        b"--xx\r\nContent-Disposition: "
+        + disposition
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\n\r\n"
+        + wav
+        + b"\r\n--xx--\r\n"
+    )
+    response = client.post(
+        "/model/predict",
+        params={"model": MODEL},
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=xx"},
+    )
+    assert response.status_code == 400, response.text
+    assert "filename" in response.json()["detail"]
