@@ -222,3 +222,23 @@ def test_a_multipart_text_field_that_cannot_be_decoded_is_400(
     )
     assert response.status_code == 400, response.text
     assert "filename" in response.json()["detail"]
+
+
+# ---- 7. deeply nested JSON on the directory endpoints: RecursionError out of Litestar's parser (500) ----
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "/model/predict-directory",
+        "/model/predict-directory-stream",
+        "/model/test-directory",
+        "/model/test-directory-stream",
+    ],
+)
+def test_deeply_nested_json_on_the_directory_endpoints_is_400(client: TestClient, endpoint: str) -> None:
+    nested = b"[" * 5_000 + b"]" * 5_000
+    for body in (nested, b'{"model": ' + nested + b"}", b'{"model": "tone.onnx", "junk": ' + nested + b"}"):
+        response = client.post(endpoint, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+    assert response.json()["detail"] == "invalid JSON body: nested too deeply"
