@@ -52,7 +52,6 @@ VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
-"""Encoded files per BYTES request; the body size limit (``--max-upload-mb``) applies as well."""
 PARSE_IN_THREAD_BYTES = 256 * 1024
 """Bodies above this are parsed in a worker thread, so a big JSON tensor never stalls the event loop."""
 MAX_DIMS = 8
