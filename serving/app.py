@@ -631,7 +631,8 @@ def _bug(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, 
             status_code=status,
             headers=exc.headers,
         )
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # %r: a decoded path may hold a newline (%0A), which must not start a forged log line
+    log.exception("unhandled error on %s %r", request.method, request.url.path)
     return _error(500, "internal server error (logged on the server)")
 
 

@@ -242,3 +242,22 @@ def test_deeply_nested_json_on_the_directory_endpoints_is_400(client: TestClient
         response = client.post(endpoint, content=body, headers={"content-type": "application/json"})
         assert response.status_code == 400, response.text
     assert response.json()["detail"] == "invalid JSON body: nested too deeply"
+
+
+def test_the_500_log_line_cannot_be_split_by_a_newline_in_the_path(caplog: pytest.LogCaptureFixture) -> None:
+    """A decoded request path may hold %0A; the one line logged for an unexpected error must not let
+    it start a forged line of its own (the path is logged escaped)."""
+    from types import SimpleNamespace
+
+    from serving.app import _bug
+
+    forged = "/model/predict\n2026-12-05 INFO admin logged in"
+    request = SimpleNamespace(method="POST", url=SimpleNamespace(path=forged))
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        with caplog.at_level("ERROR"):
+            response = _bug(request, exc)  # type: ignore[arg-type]
+    assert response.status_code == 500
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("unhandled error on")]
+    assert "\n" not in record.getMessage() and "\\n2026-12-05 INFO admin" in record.getMessage()
