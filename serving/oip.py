@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import warnings
 from typing import Any
 
 import msgspec
@@ -60,6 +59,8 @@ seconds of bigint arithmetic and then failed to format)."""
 _NUMBER_BYTES = b"0123456789+-.eE,[] \t\r\n"
 """Everything a JSON array of numbers (flat or nested) may hold; tensor data is parsed from these bytes."""
 _LAYOUT_BYTES = b"[] \t\r\n"
+_JSON_CHUNK_BYTES = 1 << 16
+_FLOATS = msgspec.json.Decoder(list[float])
 
 Parameters = dict[str, str | int | float | bool | None]
 """OIP's ``$parameters``: string, number or boolean values, never nested (no unbounded object trees)."""
@@ -251,26 +252,35 @@ def _has_data(tensor: InferInputTensor) -> bool:
 def json_floats(name: str, raw: msgspec.Raw, count: int) -> np.ndarray:
     """A JSON array of numbers (flat or nested, row-major) as ``count`` float32 values.
 
-    Parsed from the bytes (already valid JSON) with no Python object per value: anything but numbers,
-    brackets, commas and whitespace is refused first, the values are counted by their commas, and only
-    then does numpy read them.
+    Parsed from the bytes (already valid JSON) with no Python object per value for the whole array:
+    anything but numbers, brackets, commas and whitespace is refused first; the brackets are dropped
+    and the numbers decoded in slices of about :data:`_JSON_CHUNK_BYTES` straight into the float32
+    result, so a 50 MB body holds at most one slice of Python floats at a time (the whole array as
+    Python objects took 1.1 GB). An empty list between values (``[[], [1]]``) leaves two commas
+    side by side, which no slice decodes: refused.
     """
     text = bytes(raw)
     if text.translate(None, _NUMBER_BYTES):
         raise OipError(400, f"input {name!r}: data must be numbers (flat or nested lists)")
     flat = text.translate(None, _LAYOUT_BYTES)
-    n_values = flat.count(b",") + 1 if flat else 0
-    if n_values != count:
-        raise OipError(400, f"input {name!r}: data has {n_values} values, shape needs {count}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # numpy warns (or raises) on text it cannot read to its end
-        try:
-            values = np.fromstring(flat, dtype=np.float32, sep=",")
-        except (ValueError, DeprecationWarning):
-            values = None
-    if values is None or values.size != count:  # e.g. '[[], [1]]': an empty list between the commas
-        raise OipError(400, f"input {name!r}: data must be numbers (flat or nested lists)")
-    return values
+    out = np.empty(count, dtype=np.float32)
+    filled, start = 0, 0
+    try:
+        while start < len(flat):
+            end = flat.find(b",", start + _JSON_CHUNK_BYTES) if start + _JSON_CHUNK_BYTES < len(flat) else -1
+            end = len(flat) if end == -1 else end
+            values = _FLOATS.decode(b"[" + flat[start:end] + b"]")
+            if filled + len(values) > count:
+                raise OipError(400, f"input {name!r}: data has more values than shape {count} needs")
+            with np.errstate(over="ignore"):  # beyond float32 is inf here, refused by the finiteness check
+                out[filled : filled + len(values)] = values
+            filled += len(values)
+            start = end + 1
+    except msgspec.DecodeError:
+        raise OipError(400, f"input {name!r}: data must be numbers (flat or nested lists)") from None
+    if filled != count or flat.endswith(b","):
+        raise OipError(400, f"input {name!r}: data has {filled} values, shape needs {count}")
+    return out
 
 
 def waveform_windows(
