@@ -698,6 +698,60 @@ def _body_deadline(receive: Receive, timeout: float) -> Receive:
     return timed
 
 
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port or IPv6 brackets, lower-cased."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value[1:]
+    name, _, port = value.rpartition(":")
+    return name if name and port.isdigit() and ":" not in name else value
+
+
+def _host_check(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp], ASGIApp]:
+    """Refuse requests whose Host header names another server (``--allowed-hosts``), before anything else.
+
+    A page on ``attacker.example`` that re-points its own name at 127.0.0.1 (DNS rebinding) can make
+    a browser send requests to a server bound to localhost *and read the answers*, since to the
+    browser they are same-origin; the Host header still says ``attacker.example``.
+    """
+    allowed = frozenset(settings.allowed_hosts)
+    body = msgspec.json.encode(
+        {
+            "status_code": 400,
+            "detail": "this server does not answer for that Host header (--allowed-hosts: "
+            + ", ".join(sorted(allowed))
+            + ")",
+        }
+    )
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        if not allowed:
+            return app
+
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":  # (no websocket routes)
+                header = next((v for k, v in scope["headers"] if k == b"host"), b"")
+                if host_name(header.decode("latin-1")) not in allowed:
+                    metrics.reject("host")
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 400,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            await app(scope, receive, send)
+
+        return wrapped
+
+    return middleware
+
+
 def _admission(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp], ASGIApp]:
     """Bound the predict/test requests in flight; the next one gets 503 before its body is read.
 
@@ -799,7 +853,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"server": Provide(_server, sync_to_thread=False)},
         request_class=LumenRequest,
         lifespan=[lifespan],
-        middleware=[_request_metrics(metrics), _admission(settings, metrics)],
+        middleware=[_host_check(settings, metrics), _request_metrics(metrics), _admission(settings, metrics)],
         exception_handlers={
             ModelNotFound: _not_found,
             ModelUnavailable: _unavailable,

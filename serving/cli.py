@@ -17,7 +17,7 @@ import uvicorn
 
 from serving.app import create_app
 from serving.cpu_budget import cpu_limit
-from serving.settings import Settings
+from serving.settings import Settings, default_allowed_hosts
 
 PROG = "lumen-serve"
 CPU_THREADS_ENV = "LUMEN_CPU_THREADS"
@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lazy", action="store_true", help="load nothing at start; each model loads on first use")
     p.add_argument("--host", default="localhost", help="interface to bind; 0.0.0.0 listens on all")
     p.add_argument("--port", type=int, default=8090, help="TCP port")
+    p.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help="Host-header names to answer, others get 400 (default: localhost 127.0.0.1 ::1 when "
+        "--host is loopback, which stops DNS-rebinding pages; any name otherwise); '*' allows any",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (falls back to CPU with a warning)")
     p.add_argument(
         "--max-batch-size",
@@ -201,6 +209,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         del values["cpu_threads"]  # the Settings default: what this process may use
     values["models"] = tuple(values["models"])
     values["data_roots"] = tuple(values["data_roots"] or (Path("data"),))
+    hosts = values["allowed_hosts"]
+    if hosts is None:
+        values["allowed_hosts"] = default_allowed_hosts(values["host"])
+    else:
+        values["allowed_hosts"] = () if "*" in hosts else tuple(h.strip().strip("[]").lower() for h in hosts)
     return Settings(**values).validate()
 
 

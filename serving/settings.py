@@ -15,6 +15,21 @@ from serving.cpu_budget import ThreadBudget, split_budget, usable_cpus
 from serving.runtime import default_instances, parse_device
 
 MIB = 1024 * 1024
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` binds only this machine (``localhost``, ``127.x.y.z``, ``::1``)."""
+    name = host.strip().strip("[]").lower()
+    return name in LOOPBACK_NAMES or name.startswith("127.")
+
+
+def default_allowed_hosts(host: str) -> tuple[str, ...]:
+    """A server bound to loopback answers only requests addressed to a loopback name: a web page whose
+    domain an attacker re-points at 127.0.0.1 (DNS rebinding) sends its own name in Host and is
+    refused, so it cannot read this server's answers. Bound elsewhere: any name (a proxy or the
+    cluster decides who reaches it; ``--allowed-hosts`` narrows it)."""
+    return LOOPBACK_NAMES if is_loopback(host) else ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +41,9 @@ class Settings:
     """Load nothing at start; every model loads on its first request."""
     host: str = "localhost"
     port: int = 8090
+    allowed_hosts: tuple[str, ...] = ()
+    """Host-header names a request may carry (port ignored, case-insensitive); empty: any. lumen-serve
+    fills in the loopback names when it binds a loopback interface (see :func:`default_allowed_hosts`)."""
     device: str = "cpu"
     max_batch_size: int = 32
     max_batch_delay_ms: float = 5.0

@@ -282,3 +282,62 @@ def test_the_500_log_line_cannot_be_split_by_a_newline_in_the_path(caplog: pytes
     assert response.status_code == 500
     (record,) = [r for r in caplog.records if r.getMessage().startswith("unhandled error on")]
     assert "\n" not in record.getMessage() and "\\n2026-12-05 INFO admin" in record.getMessage()
+
+
+# ---- DNS rebinding: a page whose own name resolves to 127.0.0.1 reads a localhost server's answers ----
+
+
+@pytest.mark.parametrize(
+    "header, name",
+    [
+        ("localhost:8090", "localhost"),
+        ("LOCALHOST", "localhost"),
+        ("127.0.0.1:80", "127.0.0.1"),
+        ("[::1]:8090", "::1"),
+        ("[::1]", "::1"),
+        ("attacker.example:8090", "attacker.example"),
+        ("localhost.attacker.example", "localhost.attacker.example"),
+        ("", ""),
+    ],
+)
+def test_host_name_drops_the_port_and_brackets(header: str, name: str) -> None:
+    from serving.app import host_name
+
+    assert host_name(header) == name
+
+
+def test_lumen_serve_on_loopback_answers_only_loopback_host_names() -> None:
+    from serving.cli import build_parser, settings_from_args
+
+    def allowed(*argv: str) -> tuple[str, ...]:
+        return settings_from_args(build_parser().parse_args(["--cpu-threads", "1", *argv])).allowed_hosts
+
+    assert allowed() == ("localhost", "127.0.0.1", "::1")  # the default --host is localhost
+    assert allowed("--host", "127.0.0.1") == ("localhost", "127.0.0.1", "::1")
+    assert allowed("--host", "0.0.0.0") == ()  # any: behind a proxy or a cluster Service
+    assert allowed("--host", "0.0.0.0", "--allowed-hosts", "Lumen.Example", "[::1]") == (
+        "lumen.example",
+        "::1",
+    )
+    assert allowed("--allowed-hosts", "*") == ()
+
+
+@pytest.mark.filterwarnings("ignore:The base_url")  # Litestar prefers a dotted name; localhost is the point
+def test_a_rebinding_page_is_refused_before_any_work(workspace: Path) -> None:
+    loopback = settings(workspace, allowed_hosts=("localhost", "127.0.0.1", "::1"))
+    with TestClient(create_app(loopback), base_url="http://localhost:8090") as test_client:
+        wait_for(lambda: test_client.get("/ready").status_code == 200)
+        assert test_client.get("/models").status_code == 200
+        assert test_client.get("/models", headers={"host": "127.0.0.1"}).status_code == 200
+        assert test_client.get("/models", headers={"host": "[::1]:8090"}).status_code == 200
+        for evil in ("attacker.example:8090", "localhost.attacker.example", "127.0.0.1.nip.io"):
+            response = test_client.post(
+                "/model/predict-directory",
+                json={"model": MODEL, "paths": ["songs"]},
+                headers={"host": evil},
+            )
+            assert response.status_code == 400, evil
+            assert "Host header" in response.json()["detail"] and "songs" not in response.text
+        assert test_client.get("/", headers={"host": "attacker.example"}).status_code == 400
+        metrics = test_client.get("/metrics").text
+        assert 'lumen_rejected_requests_total{reason="host"} 4.0' in metrics

@@ -575,7 +575,7 @@ def test_a_client_that_stalls_mid_body_gets_408_and_frees_its_slot(workspace: Pa
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=HANG_GUARD_S) as conn:
             conn.sendall(
-                f"POST /model/predict?model={MODEL} HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+                f"POST /model/predict?model={MODEL} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
                 "Content-Length: 100000\r\n\r\nRIFF".encode()
             )
             raw = b""
