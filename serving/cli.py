@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
+from litestar import Litestar
 
 from serving.app import create_app
 from serving.cpu_budget import cpu_limit
 from serving.settings import Settings, default_allowed_hosts
+from serving.write_deadline import http_protocol
 
 PROG = "lumen-serve"
 CPU_THREADS_ENV = "LUMEN_CPU_THREADS"
@@ -152,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds a client may pause while sending a body before it gets 408 (slowloris)",
     )
+    limits.add_argument(
+        "--write-timeout",
+        dest="write_timeout_s",
+        type=float,
+        default=30.0,
+        help="seconds a response may wait for a client that stopped reading it before the connection is "
+        "dropped (a slow reader cannot hold a slot or a buffered answer)",
+    )
     p.add_argument(
         "--add-instrument-metrics",
         action="store_true",
@@ -203,6 +213,13 @@ def _env_int(name: str) -> int | None:
         raise SystemExit(f"{PROG}: error: ${name} must be a whole number of CPUs, got {value!r}") from None
 
 
+def _count_drop(app: Litestar) -> None:
+    """``lumen_rejected_requests_total{reason="write_timeout"}`` (the metrics live in the app's state)."""
+    server = getattr(app.state, "server", None)
+    if server is not None:
+        server.metrics.reject("write_timeout")
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     values = vars(args).copy()
     if values["cpu_threads"] is None:
@@ -247,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     uvicorn.run(
         app,
+        http=http_protocol(settings.write_timeout_s, on_drop=lambda: _count_drop(app)),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

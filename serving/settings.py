@@ -74,6 +74,8 @@ class Settings:
     """Predict/test requests served at once; more get 503 before their body is read."""
     body_timeout_s: float = 30.0
     """Longest pause between two chunks of a request body before the request gets 408."""
+    write_timeout_s: float = 30.0
+    """Longest a response may wait for a client that reads none of it before the connection is dropped."""
     add_instrument_metrics: bool = False
     hot_reload: bool = False
     reload_interval_s: float = 2.0
@@ -153,6 +155,7 @@ class Settings:
                 f"--max-concurrent-requests must be >= 1, got {self.max_concurrent_requests}",
             ),
             (self.body_timeout_s > 0, f"--body-timeout must be > 0, got {self.body_timeout_s}"),
+            (self.write_timeout_s > 0, f"--write-timeout must be > 0, got {self.write_timeout_s}"),
             (self.reload_interval_s > 0, f"--reload-interval must be > 0, got {self.reload_interval_s}"),
             (
                 self.decode_workers is None or self.decode_workers >= 1,
