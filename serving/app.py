@@ -698,6 +698,34 @@ def _body_deadline(receive: Receive, timeout: float) -> Receive:
     return timed
 
 
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
+"""On every response: no MIME sniffing (an error body that echoes a client's file name stays JSON), and
+no framing (another site cannot lay the web page under its own buttons: clickjacking)."""
+
+
+def _security_headers() -> Callable[[ASGIApp], ASGIApp]:
+    """Add :data:`SECURITY_HEADERS` to every HTTP response, the middlewares' own answers included."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+
+            async def send_with_headers(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    names = {name.lower() for name, _ in message.get("headers", [])}
+                    extra = [(name, value) for name, value in SECURITY_HEADERS if name not in names]
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+                await send(message)
+
+            await app(scope, receive, send_with_headers)
+
+        return wrapped
+
+    return middleware
+
+
 def host_name(header: str) -> str:
     """The name in a Host header, without its port or IPv6 brackets, lower-cased."""
     value = header.strip().lower()
@@ -853,7 +881,12 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"server": Provide(_server, sync_to_thread=False)},
         request_class=LumenRequest,
         lifespan=[lifespan],
-        middleware=[_host_check(settings, metrics), _request_metrics(metrics), _admission(settings, metrics)],
+        middleware=[
+            _security_headers(),
+            _host_check(settings, metrics),
+            _request_metrics(metrics),
+            _admission(settings, metrics),
+        ],
         exception_handlers={
             ModelNotFound: _not_found,
             ModelUnavailable: _unavailable,

@@ -34,7 +34,11 @@ def web_routes() -> list[HTTPRouteHandler | Router]:
         return Response(
             index_html,
             media_type=MediaType.HTML,
-            headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"},
+            # frame-ancestors works only as a header (not in a <meta> CSP): no site may frame this page.
+            headers={
+                "Content-Security-Policy": CONTENT_SECURITY_POLICY + "; frame-ancestors 'none'",
+                "Cache-Control": "no-cache",
+            },
         )
 
     static = create_static_files_router(

@@ -341,3 +341,26 @@ def test_a_rebinding_page_is_refused_before_any_work(workspace: Path) -> None:
         assert test_client.get("/", headers={"host": "attacker.example"}).status_code == 400
         metrics = test_client.get("/metrics").text
         assert 'lumen_rejected_requests_total{reason="host"} 4.0' in metrics
+
+
+# ---- clickjacking and MIME sniffing: every response says nosniff and no framing ------------------------
+
+
+def test_every_response_forbids_framing_and_sniffing(client: TestClient) -> None:
+    """The web page (its "score a dataset" button) could be framed under another site's buttons, and a
+    JSON error that echoes a client's name could be sniffed as HTML; the middlewares' own answers
+    (400 Host, 503 busy) and error bodies carry the headers too, exactly once."""
+    page = client.get("/")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    responses = [
+        page,
+        client.get("/docs"),
+        client.get("/static/no-such-file"),
+        client.get("/models"),
+        client.post("/model/predict", params={"model": "<b>x</b>.onnx"}, content=b"x"),
+        client.post(INFER, content=b"[" * 5000),
+    ]
+    for response in responses:
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"], response.url
+        assert response.headers.get_list("x-frame-options") == ["DENY"], response.url
+    assert {r.status_code for r in responses} >= {200, 400, 404}
