@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -735,21 +736,43 @@ def host_name(header: str) -> str:
     return name if name and port.isdigit() and ":" not in name else value
 
 
-def _host_check(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp], ASGIApp]:
-    """Refuse requests whose Host header names another server (``--allowed-hosts``), before anything else.
+def origin_host(header: str) -> str:
+    """The host name of an Origin header (``http://localhost:8090`` -> ``localhost``); '' for ``null``."""
+    try:
+        return urlsplit(header.strip()).hostname or ""
+    except ValueError:
+        return ""
 
-    A page on ``attacker.example`` that re-points its own name at 127.0.0.1 (DNS rebinding) can make
-    a browser send requests to a server bound to localhost *and read the answers*, since to the
-    browser they are same-origin; the Host header still says ``attacker.example``.
+
+def _json_answer(status: int, detail: str) -> tuple[dict[str, Any], bytes]:
+    body = msgspec.json.encode({"status_code": status, "detail": detail})
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+    return start, body
+
+
+def _host_check(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp], ASGIApp]:
+    """Refuse requests addressed to, or sent from a page of, another site (``--allowed-hosts``), first.
+
+    - Host: a page on ``attacker.example`` that re-points its own name at 127.0.0.1 (DNS rebinding)
+      makes a browser send requests to a server bound to localhost *and read the answers*, since to
+      the browser they are same-origin; the Host header still says ``attacker.example``.
+    - Origin: any page may POST a form (a multipart upload) or ``text/plain`` JSON to localhost without
+      asking (no CORS preflight). It cannot read the answer, but it can make a local server decode,
+      infer and score datasets under ``--data-root`` on every visit. Browsers name the sending page in
+      ``Origin``; a POST whose Origin is not an allowed name (or is ``null``: sandboxed frames,
+      ``file:``) is refused. Clients other than browsers send no Origin and are not affected.
     """
     allowed = frozenset(settings.allowed_hosts)
-    body = msgspec.json.encode(
-        {
-            "status_code": 400,
-            "detail": "this server does not answer for that Host header (--allowed-hosts: "
-            + ", ".join(sorted(allowed))
-            + ")",
-        }
+    hint = ", ".join(sorted(allowed))
+    wrong_host = _json_answer(
+        400, f"this server does not answer for that Host header (--allowed-hosts: {hint})"
+    )
+    cross_site = _json_answer(
+        403, f"cross-site request refused: the sending page's Origin is not one of --allowed-hosts ({hint})"
     )
 
     def middleware(app: ASGIApp) -> ASGIApp:
@@ -758,20 +781,20 @@ def _host_check(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp
 
         async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":  # (no websocket routes)
-                header = next((v for k, v in scope["headers"] if k == b"host"), b"")
-                if host_name(header.decode("latin-1")) not in allowed:
-                    metrics.reject("host")
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 400,
-                            "headers": [
-                                (b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
+                headers = dict(scope["headers"])  # the last of a repeated name; browsers send one of each
+                refusal = None
+                if host_name(headers.get(b"host", b"").decode("latin-1")) not in allowed:
+                    refusal, reason = wrong_host, "host"
+                elif (
+                    scope["method"] not in ("GET", "HEAD", "OPTIONS")
+                    and b"origin" in headers
+                    and origin_host(headers[b"origin"].decode("latin-1")) not in allowed
+                ):
+                    refusal, reason = cross_site, "origin"
+                if refusal is not None:
+                    metrics.reject(reason)
+                    await send(refusal[0])
+                    await send({"type": "http.response.body", "body": refusal[1]})
                     return
             await app(scope, receive, send)
 

@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME",
         default=None,
-        help="Host-header names to answer, others get 400 (default: localhost 127.0.0.1 ::1 when "
-        "--host is loopback, which stops DNS-rebinding pages; any name otherwise); '*' allows any",
+        help="names a browser may use for this server: other Host headers get 400, POSTs from pages of "
+        "other Origins 403 (default: localhost 127.0.0.1 ::1 when --host is loopback, which stops "
+        "DNS-rebinding and cross-site pages; any name otherwise); '*' allows any",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (falls back to CPU with a warning)")
     p.add_argument(

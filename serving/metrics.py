@@ -6,7 +6,7 @@ inference latency is the model alone (split into host->device / compute / device
 bound to a CUDA device); decode time is the worker's time per file; request latency is what clients
 see, so latency minus decode, queue and compute is HTTP, parsing and hops between threads. Rejections are counted
 by reason (``lumen_rejected_requests_total{reason}``: body_size, parts, paths, datasets, budget,
-too_large, queue, concurrency, body_timeout, host, write_timeout; ``lumen_rejected_files_total{reason}``:
+too_large, queue, concurrency, body_timeout, host, origin, write_timeout; ``lumen_rejected_files_total{reason}``:
 format, limit, invalid, budget), and the standard process collectors export RSS and CPU seconds.
 """
 

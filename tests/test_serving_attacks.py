@@ -343,6 +343,59 @@ def test_a_rebinding_page_is_refused_before_any_work(workspace: Path) -> None:
         assert 'lumen_rejected_requests_total{reason="host"} 4.0' in metrics
 
 
+@pytest.mark.filterwarnings("ignore:The base_url")
+def test_a_cross_site_page_cannot_make_a_local_server_work(workspace: Path) -> None:
+    """Any page may POST a form or text/plain JSON to localhost without a CORS preflight; it cannot read
+    the answer but could make the server decode, infer and score --data-root on every visit. A POST
+    whose Origin is not an allowed name is refused; the server's own page and non-browser clients
+    (no Origin) are served."""
+    loopback = settings(workspace, allowed_hosts=("localhost", "127.0.0.1", "::1"))
+    job = json.dumps({"model": MODEL, "paths": ["songs"]}).encode()
+    with TestClient(create_app(loopback), base_url="http://localhost:8090") as test_client:
+        wait_for(lambda: test_client.get("/ready").status_code == 200)
+
+        def post(origin: str | None) -> Any:
+            headers = {"content-type": "text/plain"} | ({"origin": origin} if origin is not None else {})
+            return test_client.post("/model/predict-directory", content=job, headers=headers)
+
+        for origin in ("https://attacker.example", "null", "http://localhost.attacker.example:8090", "x"):
+            response = post(origin)
+            assert response.status_code == 403, origin
+            assert "cross-site" in response.json()["detail"] and "songs" not in response.text
+        upload = test_client.post(
+            "/model/predict",
+            params={"model": MODEL},
+            files={"files": ("s0.wav", (workspace / "data" / "songs" / "s0.wav").read_bytes())},
+            headers={"origin": "https://attacker.example"},
+        )
+        assert upload.status_code == 403
+        for origin in (None, "http://localhost:8090", "http://127.0.0.1:8090", "http://[::1]:8090"):
+            response = post(origin)
+            assert response.status_code == 200, (origin, response.text)
+            assert "songs/s0.wav" in response.json()["predictions"]
+        # Reading is not a cross-site write: a GET with a foreign Origin is answered (CORS keeps the
+        # answer from the foreign page; nothing runs).
+        assert test_client.get("/models", headers={"origin": "https://attacker.example"}).status_code == 200
+        metrics = test_client.get("/metrics").text
+        assert 'lumen_rejected_requests_total{reason="origin"} 5.0' in metrics
+
+
+@pytest.mark.parametrize(
+    "origin, name",
+    [
+        ("http://localhost:8090", "localhost"),
+        ("https://LOCALHOST", "localhost"),
+        ("http://[::1]:8090", "::1"),
+        ("null", ""),
+        ("http://[bad", ""),
+    ],
+)
+def test_origin_host(origin: str, name: str) -> None:
+    from serving.app import origin_host
+
+    assert origin_host(origin) == name
+
+
 # ---- clickjacking and MIME sniffing: every response says nosniff and no framing ------------------------
 
 
