@@ -31,7 +31,7 @@ from serving.evaluation import OnnxPredictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_predictions import compare  # noqa: E402  (sibling scripts, not a package)
-from musicnn_tag_prior import file_scores, metrics, stacked  # noqa: E402
+from musicnn_tag_prior import file_scores, metrics, stacked, write_report  # noqa: E402
 
 from common.metrics import label_ranking_average_precision, tune_thresholds  # noqa: E402
 
@@ -133,13 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         report["sets"][name] = entry
         print(name, json.dumps({k: v for k, v in entry.items() if not k.startswith("bootstrap")}), flush=True)
-    boot = report["sets"]["check"].get("bootstrap_tta_minus_identity")
-    report["rule_passed"] = bool(
-        boot and boot["lrap"]["share_b_ahead"] >= 0.9 and boot["f1_macro"]["share_b_ahead"] >= 0.5
-    )
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"rule passed on --check: {report['rule_passed']} ({report['seconds']} s) -> {args.out}")
+    write_report(report, report["sets"]["check"].get("bootstrap_tta_minus_identity"), started, args.out)
     return 0
 
 

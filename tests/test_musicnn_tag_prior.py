@@ -100,3 +100,19 @@ def test_tag_predictor_scores_windows_of_the_bundled_contract() -> None:
     assert ((out >= 0) & (out <= 1)).all()
     assert (out[:, ~probe.mapped_mask(LABEL_LIST)] == 0.5).all()
     assert not np.allclose(out[0], out[1])  # a tone and silence are tagged differently
+
+
+@pytest.mark.parametrize(
+    "lrap, f1, passed", [(0.95, 0.6, True), (0.874, 0.9, False), (0.95, 0.37, False), (None, None, False)]
+)
+def test_the_adoption_rule_needs_lrap_ahead_in_90_and_macro_f1_in_50_percent(
+    tmp_path, lrap: float | None, f1: float | None, passed: bool
+) -> None:
+    import json
+    import time
+
+    boot = None if lrap is None else {"lrap": {"share_b_ahead": lrap}, "f1_macro": {"share_b_ahead": f1}}
+    report: dict = {"sets": {}}
+    probe.write_report(report, boot, time.perf_counter(), tmp_path / "r.json")
+    assert report["rule_passed"] is passed
+    assert json.loads((tmp_path / "r.json").read_text())["rule_passed"] is passed
