@@ -408,12 +408,17 @@ class DataRoots:
     def _root_index(self, resolved: Path) -> int | None:
         return next((i for i, root in enumerate(self.roots) if resolved.is_relative_to(root)), None)
 
+    def real_inside(self, path: Path) -> str | None:
+        """``path`` with every symlink resolved, when that lies in a root; else None (never raises)."""
+        try:
+            real = _real(path)
+            return str(real) if self._root_index(real) is not None else None
+        except (OSError, ValueError):
+            return None
+
     def contains(self, path: Path) -> bool:
         """True when ``path``, with every symlink resolved, lies in a root (never raises)."""
-        try:
-            return self._root_index(_real(path)) is not None
-        except (OSError, ValueError):
-            return False
+        return self.real_inside(path) is not None
 
     def resolve(self, raw: str) -> Path:
         """A client path (relative to a data root, or absolute) -> resolved path, or PathForbidden."""
@@ -456,11 +461,16 @@ class DataRoots:
             text = text.replace(prefix, name)
         return text
 
-    def check(self, path: Path) -> tuple[str, str | None]:
-        """``(key, error)`` for a file met while walking or listed in a CSV: it must stay in the roots."""
-        if not self.contains(path):
-            return self.key(path), "resolves outside --data-root; skipped"
-        return self.key(path), None
+    def file_job(self, path: Path, seen: set[str], labels: np.ndarray | None = None) -> Job | None:
+        """The job of a file met while walking or listed in a CSV/dataset: it must stay in the roots,
+        and one file reached twice in a request (by another name or link) is answered once (None)."""
+        real = self.real_inside(path)
+        if real is None:
+            return Job(self.key(path), error="resolves outside --data-root; skipped", labels=labels)
+        if real in seen:
+            return None
+        seen.add(real)
+        return Job(self.key(path), source=path, labels=labels)
 
 
 def resolve_request_paths(roots: DataRoots, raw_paths: Sequence[str]) -> list[Path]:
@@ -513,15 +523,8 @@ def iter_audio_jobs(roots: DataRoots, resolved: list[Path]) -> Iterator[Job]:
             yield Job(roots.key(path), error="not an audio file, CSV or folder (audio: .wav .flac .ogg .mp3)")
             continue
         for file in files:
-            key, error = roots.check(file)
-            if error:
-                yield Job(key, error=error)
-                continue
-            real = os.path.realpath(file)
-            if real in seen:
-                continue
-            seen.add(real)
-            yield Job(key, source=file)
+            if (job := roots.file_job(file, seen)) is not None:
+                yield job
 
 
 # ---- evaluation (test-directory) -------------------------------------------------------------------------
@@ -592,12 +595,7 @@ def dataset_jobs(roots: DataRoots, refs: list[DatasetRef]) -> list[Job]:
             jobs.append(Job(roots.key(root), error=roots.redact(_scan_error(exc))))
             continue
         jobs.extend(Job(roots.key(Path(issue.path)), error=roots.redact(issue.error)) for issue in issues)
-        for item in items:
-            key, error = roots.check(item.path)
-            if error is None:
-                real = os.path.realpath(item.path)
-                if real in seen:
-                    continue
-                seen.add(real)
-            jobs.append(Job(key, source=None if error else item.path, error=error, labels=item.labels))
+        jobs.extend(
+            job for item in items if (job := roots.file_job(item.path, seen, item.labels)) is not None
+        )
     return jobs
