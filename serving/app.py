@@ -744,12 +744,17 @@ def origin_host(header: str) -> str:
         return ""
 
 
-def _json_answer(status: int, detail: str) -> tuple[dict[str, Any], bytes]:
+def _json_answer(status: int, detail: str, *headers: tuple[bytes, bytes]) -> tuple[dict[str, Any], bytes]:
+    """The ASGI start message and body of an ``ErrorBody`` answer a middleware sends itself (built once)."""
     body = msgspec.json.encode({"status_code": status, "detail": detail})
     start = {
         "type": "http.response.start",
         "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ],
     }
     return start, body
 
@@ -814,11 +819,10 @@ def _admission(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp]
     limit = settings.max_concurrent_requests
     body_timeout = settings.body_timeout_s
     in_flight = 0
-    body = msgspec.json.encode(
-        {
-            "status_code": 503,
-            "detail": f"server busy: {limit} requests in flight (--max-concurrent-requests); retry in 1 s",
-        }
+    busy_start, busy_body = _json_answer(
+        503,
+        f"server busy: {limit} requests in flight (--max-concurrent-requests); retry in 1 s",
+        (b"retry-after", b"1"),
     )
 
     def middleware(app: ASGIApp) -> ASGIApp:
@@ -829,18 +833,8 @@ def _admission(settings: Settings, metrics: ServerMetrics) -> Callable[[ASGIApp]
                 return
             if in_flight >= limit:
                 metrics.reject("concurrency")
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 503,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"retry-after", b"1"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send(busy_start)
+                await send({"type": "http.response.body", "body": busy_body})
                 return
             in_flight += 1
             metrics.in_flight.set(in_flight)
