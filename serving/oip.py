@@ -246,7 +246,9 @@ def _element_count(tensor: InferInputTensor) -> int:
 
 
 def _has_data(tensor: InferInputTensor) -> bool:
-    return len(tensor.data) > 0 and bytes(tensor.data).strip() != b"null"
+    """Whether ``data`` was given (not absent, not ``null``); only a short value is copied to look."""
+    size = len(tensor.data)
+    return size > 16 or (size > 0 and bytes(tensor.data).strip() != b"null")
 
 
 def json_floats(name: str, raw: msgspec.Raw, count: int) -> np.ndarray:
