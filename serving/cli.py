@@ -18,7 +18,7 @@ from litestar import Litestar
 
 from serving.app import create_app
 from serving.cpu_budget import cpu_limit
-from serving.settings import Settings, default_allowed_hosts
+from serving.settings import Settings, default_allowed_hosts, host_name_flag
 from serving.write_deadline import http_protocol
 
 PROG = "lumen-serve"
@@ -231,7 +231,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if hosts is None:
         values["allowed_hosts"] = default_allowed_hosts(values["host"])
     else:
-        values["allowed_hosts"] = () if "*" in hosts else tuple(h.strip().strip("[]").lower() for h in hosts)
+        values["allowed_hosts"] = () if "*" in hosts else tuple(host_name_flag(h) for h in hosts)
     return Settings(**values).validate()
 
 

@@ -18,9 +18,14 @@ MIB = 1024 * 1024
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
+def host_name_flag(name: str) -> str:
+    """A host name as given on the command line, compared as Host/Origin headers are: no brackets, lower case."""
+    return name.strip().strip("[]").lower()
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``--host`` binds only this machine (``localhost``, ``127.x.y.z``, ``::1``)."""
-    name = host.strip().strip("[]").lower()
+    name = host_name_flag(host)
     return name in LOOPBACK_NAMES or name.startswith("127.")
 
 
@@ -156,6 +161,10 @@ class Settings:
             ),
             (self.body_timeout_s > 0, f"--body-timeout must be > 0, got {self.body_timeout_s}"),
             (self.write_timeout_s > 0, f"--write-timeout must be > 0, got {self.write_timeout_s}"),
+            (
+                all(self.allowed_hosts),
+                f"--allowed-hosts names must not be empty, got {list(self.allowed_hosts)}; '*' allows any",
+            ),
             (self.reload_interval_s > 0, f"--reload-interval must be > 0, got {self.reload_interval_s}"),
             (
                 self.decode_workers is None or self.decode_workers >= 1,

@@ -320,6 +320,9 @@ def test_lumen_serve_on_loopback_answers_only_loopback_host_names() -> None:
         "::1",
     )
     assert allowed("--allowed-hosts", "*") == ()
+    # An empty name would match a request that sends no Host header at all: refused.
+    with pytest.raises(ValueError, match="--allowed-hosts names must not be empty"):
+        allowed("--allowed-hosts", "localhost", " [] ")
 
 
 @pytest.mark.filterwarnings("ignore:The base_url")  # Litestar prefers a dotted name; localhost is the point
