@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from common.artifact import INPUT_NAME, LOGITS_NAME, OUTPUT_NAME, ArtifactMetadata
 from common.labels import LABELS
+from serving.settings import Settings
 
 SAMPLE_RATE = 8000
 WINDOW = 1600  # 0.2 s
@@ -148,6 +149,14 @@ def expected(label_indices: Sequence[int]) -> dict[str, int]:
 
 
 HANG_GUARD_S = 20.0
+
+
+def workspace_settings(
+    workspace: Path, defaults: dict[str, object], overrides: dict[str, object]
+) -> Settings:
+    """Settings of a test workspace (``models/``, ``data/``): a module's ``defaults``, then a test's ``overrides``."""
+    values = {"model_dir": workspace / "models", "data_roots": (workspace / "data",), **defaults, **overrides}
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 def wait_for(condition: Callable[[], bool], guard_s: float = HANG_GUARD_S) -> None:

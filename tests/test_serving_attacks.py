@@ -41,15 +41,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def settings(workspace: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "model_dir": workspace / "models",
-        "data_roots": (workspace / "data",),
-        "models": (MODEL,),
-        "max_upload_mb": 2.0,
-        "decode_workers": 1,
-    }
-    values.update(overrides)
-    return Settings(**values)
+    return kit.workspace_settings(
+        workspace,
+        {"models": (MODEL,), "max_upload_mb": 2.0, "decode_workers": 1},
+        overrides,
+    )
 
 
 @pytest.fixture(scope="module")

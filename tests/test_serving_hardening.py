@@ -75,17 +75,17 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def settings(workspace: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "model_dir": workspace / "models",
-        "data_roots": (workspace / "data",),
-        "models": (MODEL,),
-        "max_audio_seconds": 30.0,
-        "max_upload_mb": 2.0,
-        "directory_chunk_files": 2,
-        "decode_workers": 2,
-    }
-    values.update(overrides)
-    return Settings(**values)
+    return kit.workspace_settings(
+        workspace,
+        {
+            "models": (MODEL,),
+            "max_audio_seconds": 30.0,
+            "max_upload_mb": 2.0,
+            "directory_chunk_files": 2,
+            "decode_workers": 2,
+        },
+        overrides,
+    )
 
 
 @pytest.fixture(scope="module")
